@@ -1,0 +1,250 @@
+"""The one typed config tree: YAML plus dotted overrides, validated once at load.
+
+Everything downstream takes these dataclass-like objects, never a dict: a missing key is a
+load-time error here, not a None somewhere in the training loop.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TINY_PHI = "tiny-phi"
+CATEGORIES = (
+    "open_qa",
+    "closed_qa",
+    "classification",
+    "brainstorming",
+    "creative",
+    "translation",
+    "question_to_question",
+)
+LANGUAGES = ("ja", "en", "zh")
+# Phi-2's attention and MLP projections; LoRA on all of them is what its fine-tuning recipes use.
+PHI_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+
+
+class ConfigError(ValueError):
+    """A config the user must fix; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class TinyPhiConfig(_Section):
+    """Shape of the random-init Phi built for demos and tests (Phi-2's proportions, scaled down)."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    vocab_size: int = Field(2048, ge=300)
+    max_position_embeddings: int = Field(2048, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TinyPhiConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        return self
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(PHI_LORA_TARGETS), min_length=1)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(min_length=1)
+    """A checkpoint directory, a hub id (e.g. microsoft/phi-2), or `tiny-phi`."""
+    revision: str | None = None
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraConfig = LoraConfig()
+    merge_lora_on_save: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    cache_dir: str = ".cache/bonsai"
+    """Where `tiny-phi` and its tokenizer are built (keyed by their settings and the data)."""
+    tiny: TinyPhiConfig = TinyPhiConfig()
+
+
+class DataConfig(_Section):
+    path: str = Field(min_length=1)
+    """A file, a directory or a glob of JSONL/Parquet shards; local or any fsspec URL."""
+    max_length: int = Field(512, ge=16)
+    packing: bool = True
+    """Pack several records per row (attention kept within each record); False pads one record per row."""
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of records held out for eval, chosen by a hash of the record id (stable across runs)."""
+    shuffle_window: int = Field(1024, ge=1)
+    """Records are shuffled within consecutive windows of this many (1 keeps file order)."""
+    on_bad_record: Literal["error", "skip"] = "error"
+    """error: stop at start-up naming file, line and field. skip: count it and list it in quarantine/."""
+
+
+class TrainConfig(_Section):
+    output_dir: str = Field(min_length=1)
+    seed: int = 42
+    max_steps: int = Field(ge=1)
+    micro_batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    global_batch_size: int | None = Field(None, ge=1)
+    """Rows per optimizer step over all ranks; give this or gradient_accumulation_steps."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on a GPU that supports it, fp32 otherwise."""
+    lr: float = Field(2e-5, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(1e-8, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(0, ge=0)
+    """Steps between checkpoints; 0 saves only at the end."""
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_warmup_and_one_batch_rule(self) -> TrainConfig:
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set warmup_steps or warmup_ratio, not both")
+        if self.gradient_accumulation_steps is not None and self.global_batch_size is not None:
+            raise ValueError("set gradient_accumulation_steps or global_batch_size, not both")
+        if self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}")
+        return self
+
+    @property
+    def num_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int((self.warmup_ratio or 0.0) * self.max_steps)
+
+    def accumulation_for(self, world_size: int) -> int:
+        """Micro-batches per rank per optimizer step, for this many ranks."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps or 1
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size {self.global_batch_size} is not divisible by "
+                f"train.micro_batch_size {self.micro_batch_size} x world size {world_size} = {per_step}"
+            )
+        return self.global_batch_size // per_step
+
+
+class DistributedConfig(_Section):
+    timeout_s: float = Field(600.0, gt=0)
+    """Longest wait in any collective before the run fails instead of hanging."""
+
+
+class EvalConfig(_Section):
+    every_steps: int = Field(0, ge=0)
+    """Steps between eval-loss passes; 0 evaluates only at the end (if there is an eval split)."""
+    max_batches: int | None = Field(None, ge=1)
+
+
+class LoggingConfig(_Section):
+    progress_bar: bool = True
+
+
+class BonsaiConfig(_Section):
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    distributed: DistributedConfig = DistributedConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def check_world_size(self, world_size: int) -> int:
+        """Validate the batch arithmetic for this many ranks; returns accumulation steps."""
+        return self.train.accumulation_for(world_size)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
+REDACTED = "***redacted***"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {text!r}: empty key in {dotted!r}")
+    return keys, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(keys[: i + 1])} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        seen = "" if e["type"] in ("missing",) else f" (got {e.get('input')!r})"
+        if e["type"] == "extra_forbidden":
+            msg, seen = "unknown key", ""
+        lines.append(f"  {key}: {msg}{seen}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> BonsaiConfig:
+    try:
+        return BonsaiConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> BonsaiConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, list(overrides)), source=str(path))
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def to_yaml(cfg: BonsaiConfig) -> str:
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
+
+
+def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,114 @@
+"""From shard items to documents: parse, validate, pick the split, tokenize with the template.
+
+Bad records are handled by `data.on_bad_record`: `error` stops at start-up with the file, line and
+field of each bad record; `skip` lists each one in quarantine/ and counts it. A scan of the rank's
+share of the data runs once before training, so an error never surfaces hours into a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bonsai.config import DataConfig
+from bonsai.packing import Document, Row, one_document_per_row, pack_documents
+from bonsai.records import BadRecord, in_eval_split, validate_record
+from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, write_jsonl_line
+from bonsai.template import encode_record
+
+Split = Literal["train", "eval"]
+MAX_ERRORS_SHOWN = 20
+
+
+@dataclass
+class ScanReport:
+    """One epoch of one rank's share, checked."""
+
+    train_records: int = 0
+    eval_records: int = 0
+    train_target_tokens: int = 0
+    bad: list[BadRecord] = field(default_factory=list)
+
+
+class RankData:
+    """One rank's view of the dataset: its documents and rows, for either split."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, rank: int, world_size: int):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shards = list_shards(cfg.path)
+        self.skipped = 0
+
+    def _prepare(self, position: StreamPosition, where, payload) -> tuple[Split, Document]:
+        record = validate_record(parse_payload(payload, where), where)
+        encoded = encode_record(self.tokenizer, record)
+        if len(encoded.input_ids) > self.cfg.max_length:
+            raise BadRecord(
+                where,
+                "(record)",
+                f"{len(encoded.input_ids)} tokens with the template exceed data.max_length {self.cfg.max_length}",
+                record.id,
+            )
+        split: Split = "eval" if in_eval_split(record.id, self.cfg.eval_fraction) else "train"
+        return split, Document(record, encoded, where, position)
+
+    def _items(self, start: StreamPosition, epochs: int | None, shuffle: bool):
+        window = self.cfg.shuffle_window if shuffle else 1
+        return rank_items(
+            self.shards,
+            seed=self.seed,
+            window=window,
+            rank=self.rank,
+            world_size=self.world_size,
+            start=start,
+            epochs=epochs,
+        )
+
+    def scan(self) -> ScanReport:
+        report = ScanReport()
+        for position, where, payload in self._items(StreamPosition(), epochs=1, shuffle=False):
+            try:
+                split, doc = self._prepare(position, where, payload)
+            except BadRecord as bad:
+                report.bad.append(bad)
+                continue
+            if split == "train":
+                report.train_records += 1
+                report.train_target_tokens += doc.encoded.num_target_tokens
+            else:
+                report.eval_records += 1
+        return report
+
+    def documents(self, split: Split, start: StreamPosition, epochs: int | None) -> Iterator[Document]:
+        """Train: shuffled, epoch after epoch. Eval: file order. Bad records were reported by `scan`;
+        here they are skipped under `skip` and raise under `error` (the data changed since the scan)."""
+        for position, where, payload in self._items(start, epochs, shuffle=split == "train"):
+            try:
+                doc_split, doc = self._prepare(position, where, payload)
+            except BadRecord:
+                if self.cfg.on_bad_record == "error":
+                    raise
+                self.skipped += 1
+                continue
+            if doc_split == split:
+                yield doc
+
+    def rows(self, split: Split, start: StreamPosition = StreamPosition(), epochs: int | None = None) -> Iterator[Row]:
+        docs = self.documents(split, start, epochs)
+        return pack_documents(docs, self.cfg.max_length) if self.cfg.packing else one_document_per_row(docs)
+
+
+def write_quarantine(rows: list[dict], path: Path) -> None:
+    """One JSON line per skipped record: path, line, field, reason and the raw record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            write_jsonl_line(f, row)
+
+
+def describe_bad_records(messages: list[str]) -> str:
+    shown = "\n".join(f"  {m}" for m in messages[:MAX_ERRORS_SHOWN])
+    more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more" if len(messages) > MAX_ERRORS_SHOWN else ""
+    return f"{len(messages)} bad record(s):\n{shown}{more}"

@@ -1,0 +1,95 @@
+"""The one boundary that knows about ranks. Everything else asks a `Dist`; nothing reads RANK itself."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from bonsai.config import BonsaiConfig
+
+
+class WorldSizeMismatch(RuntimeError):
+    pass
+
+
+def launcher_world_size() -> int:
+    """What the launcher (accelerate launch, torchrun, srun) promised; 1 when run directly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_precision(setting: str) -> str:
+    """Accelerate's mixed_precision for a Bonsai precision setting."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16"}[setting]
+
+
+@dataclass
+class Dist:
+    accelerator: Accelerator
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a collective: every rank must call it, in the same order)."""
+        if self.world_size == 1:
+            return values
+        return self.accelerator.reduce(values, reduction="sum")
+
+    def max(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())  # host sync: a control decision every rank must share
+
+    def gather_objects(self, obj) -> list:
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
+def setup_distributed(cfg: BonsaiConfig) -> Dist:
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.distributed.timeout_s))]
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_precision(cfg.train.precision),
+        kwargs_handlers=handlers,
+        # Bonsai steps the scheduler once per optimizer step itself; Accelerate would otherwise step it
+        # once per process, and the LR curve would depend on the world size.
+        step_scheduler_with_optimizer=False,
+    )
+    dist = Dist(accelerator)
+    expected = launcher_world_size()
+    if dist.world_size != expected:
+        # Seen with Accelerate + DeepSpeed on CPU: every rank believes it is rank 0 of 1, reads the same
+        # data and overwrites the same checkpoint. Refuse to start rather than train wrong.
+        raise WorldSizeMismatch(
+            f"the launcher started {expected} processes (WORLD_SIZE) but Accelerate sees {dist.world_size} "
+            f"(this is rank {dist.rank}); check the launch config's num_processes and the process-group backend"
+        )
+    return dist

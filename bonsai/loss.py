@@ -1,0 +1,59 @@
+"""The forward pass and the token-level loss, per micro-batch and per record.
+
+The training objective is the mean over every response token of the optimizer step (all
+micro-batches, all ranks): each micro-batch contributes its *sum* of token losses divided by the
+step's global token count. Averaging per-micro-batch means instead over-weights short batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bonsai.packing import Batch, additive_mask, block_causal_mask
+from bonsai.template import IGNORE_INDEX
+
+
+@dataclass
+class MicroBatchLoss:
+    loss_sum: torch.Tensor  # scalar, with grad: sum of response-token losses
+    record_loss_sum: torch.Tensor  # (num_records,), detached
+    record_tokens: torch.Tensor  # (num_records,)
+
+
+def _attention_mask(model, batch: Batch) -> torch.Tensor:
+    allowed = block_causal_mask(batch.doc_index)
+    if model.config._attn_implementation == "sdpa":
+        return allowed
+    return additive_mask(allowed, next(model.parameters()).dtype)
+
+
+def forward_loss(model, batch: Batch) -> MicroBatchLoss:
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=_attention_mask(_config_holder(model), batch),
+        position_ids=batch.position_ids,
+    ).logits
+    # Token t predicts token t+1. The first token of every document is prompt (never a target),
+    # so a prediction never crosses from one packed document into the next.
+    targets = batch.labels[:, 1:]
+    token_loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    counted = targets.reshape(-1) != IGNORE_INDEX
+    owner = batch.doc_index[:, 1:].reshape(-1).clamp(min=0)
+    n = len(batch.records)
+    record_loss_sum = torch.zeros(n, device=token_loss.device).index_add_(0, owner, token_loss.detach() * counted)
+    record_tokens = torch.zeros(n, device=token_loss.device).index_add_(0, owner, counted.float())
+    return MicroBatchLoss(token_loss.sum(), record_loss_sum, record_tokens)
+
+
+def _config_holder(model):
+    """The module whose `.config` says which attention runs (DDP and PEFT wrap it)."""
+    inner = getattr(model, "module", model)
+    return inner if hasattr(inner, "config") else model

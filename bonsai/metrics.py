@@ -1,0 +1,103 @@
+"""The logger interface (log, log_config, close) and its local backends. Only rank 0 builds loggers.
+
+A W&B backend implements the same three methods; the trainer never knows which backends it feeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from tqdm import tqdm
+
+
+class MetricsLogger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_config(self, config: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+def _finite_or_str(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+
+class JsonlLogger:
+    """metrics.jsonl in the run dir: one JSON object per logged step, read back by tests and reports."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_rows_after(resume_step)
+        self._file = path.open("a", encoding="utf-8")
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Rows past the checkpoint we resume from were logged by a run that then died: they will be
+        trained (and logged) again, so keep the file one row per step."""
+        if not self.path.exists():
+            return
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(self.path)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, **{k: _finite_or_str(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def log_config(self, config: dict) -> None:
+        pass  # the resolved config is saved as config.yaml in the run dir
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ConsoleLogger:
+    """A progress bar over optimizer steps, with the latest loss; eval results as lines."""
+
+    def __init__(self, total_steps: int, initial_step: int, enabled: bool):
+        self.bar = tqdm(total=total_steps, initial=initial_step, disable=not enabled, dynamic_ncols=True, unit="step")
+        self._step = initial_step
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.bar.update(step - self._step)
+        self._step = step
+        if "loss" in metrics:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics.get('lr', 0):.2e}", refresh=False)
+        if "eval/loss" in metrics:
+            self.bar.write(f"step {step}: eval loss {metrics['eval/loss']:.4f}", file=sys.stderr)
+
+    def log_config(self, config: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class FanOut:
+    def __init__(self, loggers: list[MetricsLogger]):
+        self.loggers = loggers
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, step)
+
+    def log_config(self, config: dict) -> None:
+        for lg in self.loggers:
+            lg.log_config(config)
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
