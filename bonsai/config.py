@@ -115,12 +115,15 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _one_warmup_and_one_batch_rule(self) -> TrainConfig:
+        problems = []
         if self.warmup_steps is not None and self.warmup_ratio is not None:
-            raise ValueError("set warmup_steps or warmup_ratio, not both")
+            problems.append("set warmup_steps or warmup_ratio, not both")
         if self.gradient_accumulation_steps is not None and self.global_batch_size is not None:
-            raise ValueError("set gradient_accumulation_steps or global_batch_size, not both")
+            problems.append("set gradient_accumulation_steps or global_batch_size, not both")
         if self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}")
+            problems.append(f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -204,7 +207,9 @@ def _format_errors(source: str, err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        seen = "" if e["type"] in ("missing",) else f" (got {e.get('input')!r})"
+        given = e.get("input")
+        # A whole section as "input" (cross-field rules) says nothing the message does not.
+        seen = "" if e["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
         if e["type"] == "extra_forbidden":
             msg, seen = "unknown key", ""
         lines.append(f"  {key}: {msg}{seen}")

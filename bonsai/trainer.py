@@ -227,8 +227,9 @@ def train(cfg: BonsaiConfig) -> int:
             stats = train_step(dist, model, optimizer, scheduler, batches, cfg.train.max_grad_norm, stop.requested)
             if stats.stop_requested:
                 save_checkpoint(dist, run_dir, _with_positions(dist, state, rows), cfg, cfg.train.keep_checkpoints)
-                say(f"stop requested ({stop.signal_name or 'by another rank'}): checkpointed step {state.step}, "
-                    f"exiting with {EXIT_PREEMPTED}")
+                # Every rank says why it stops: the one that got the signal is the one to look for.
+                print(f"rank {dist.rank}: stop requested ({stop.signal_name or 'by another rank'}): "
+                      f"checkpointed step {state.step}, exiting with {EXIT_PREEMPTED}", flush=True)
                 return EXIT_PREEMPTED
             rows.position = taken[-1].resume
             state.step += 1

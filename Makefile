@@ -1,0 +1,26 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+# On a machine without an NVIDIA driver, install the CPU build of torch first: a plain `torch`
+# requirement would otherwise pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install torch==2.13.0; fi
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+demo: setup
+	rm -rf runs/demo
+	WANDB_MODE=offline $(BIN)/bonsai train configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .cache

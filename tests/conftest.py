@@ -1,0 +1,116 @@
+"""Shared test fixtures: a tiny Phi built once per session, configs in temp dirs, real launches."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+LAUNCH_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(model_cache) -> Path:
+    from bonsai.config import TinyPhiConfig
+    from bonsai.tiny import build_tiny_phi
+
+    return build_tiny_phi(TinyPhiConfig(), str(SAMPLE), model_cache, seed=42)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir):
+    from bonsai.config import ModelConfig
+    from bonsai.model import load_tokenizer
+
+    return load_tokenizer(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir)))
+
+
+def sample_records() -> list[dict]:
+    return [json.loads(line) for p in sorted(SAMPLE.glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def write_shards(directory: Path, records: list[dict], shards: int = 3) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        lines = [json.dumps(r, ensure_ascii=False) for r in records[s::shards]]
+        (directory / f"part-{s:05d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def base_config(run_dir: Path, cache: Path, data: Path = SAMPLE) -> dict:
+    """A small, fast config: tiny Phi, fp32, no progress bar."""
+    return {
+        "model": {"name_or_path": "tiny-phi", "cache_dir": str(cache)},
+        "data": {"path": str(data), "max_length": 256, "packing": True, "eval_fraction": 0.05},
+        "train": {
+            "output_dir": str(run_dir),
+            "seed": 7,
+            "max_steps": 8,
+            "micro_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "precision": "fp32",
+        },
+        "distributed": {"timeout_s": 60},
+        "logging": {"progress_bar": False},
+    }
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(config: Path, overrides: list[str] = (), nproc: int = 1) -> list[str]:
+    """`bonsai train` as a user runs it: directly for one process, under `accelerate launch` for more."""
+    if nproc == 1:
+        return [sys.executable, "-m", "bonsai.cli", "train", str(config), *overrides]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "bonsai.cli", "train", str(config), *overrides,
+    ]  # fmt: skip
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"})
+    return env
+
+
+def run_train(config: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        train_command(config, overrides, nproc),
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bonsai train exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    from bonsai.metrics import read_metrics
+
+    return {row["step"]: row["loss"] for row in read_metrics(run_dir) if "loss" in row}

@@ -1,0 +1,77 @@
+"""Checkpoints: a crash mid-save leaves the previous one whole; keep-last-K; world size must match."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from bonsai.checkpoint import (TMP_PREFIX, CheckpointMismatch, TrainerState, checkpoints_dir, latest_checkpoint,
+                               list_checkpoints, load_checkpoint, save_checkpoint)
+from bonsai.config import config_from_dict
+from bonsai.distributed import Dist
+from conftest import base_config
+
+
+@pytest.fixture(scope="module")
+def dist():
+    return Dist(Accelerator(cpu=True))
+
+
+def _setup(dist):
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = dist.accelerator.prepare(model, optimizer)
+    return model, optimizer
+
+
+def _train_once(model, optimizer):
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_half_written_checkpoint_is_ignored_and_replaced(tmp_path, dist):
+    cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))
+    model, optimizer = _setup(dist)
+    _train_once(model, optimizer)
+    first = save_checkpoint(dist, tmp_path, TrainerState(step=1, data_positions=[{"epoch": 0, "taken": 4}]), cfg, keep=2)
+    saved_weight = model.weight.detach().clone()
+
+    # What a crash in the middle of saving step 2 leaves behind: a temporary directory, no state file.
+    crashed = checkpoints_dir(tmp_path) / f"{TMP_PREFIX}step_00000002"
+    crashed.mkdir()
+    (crashed / "model.safetensors").write_bytes(b"truncated")
+    assert latest_checkpoint(tmp_path) == first
+
+    _train_once(model, optimizer)
+    assert not torch.equal(model.weight, saved_weight)
+    state = load_checkpoint(dist, first)
+    assert state.step == 1 and state.position_for(0).taken == 4
+    torch.testing.assert_close(model.weight.detach(), saved_weight, rtol=0, atol=0)
+
+    second = save_checkpoint(dist, tmp_path, TrainerState(step=2, data_positions=[{"epoch": 0, "taken": 8}]), cfg, keep=2)
+    assert not crashed.exists() and latest_checkpoint(tmp_path) == second
+    assert json.loads((second / "trainer_state.json").read_text())["data_positions"] == [{"epoch": 0, "taken": 8}]
+    assert (second / "config.yaml").exists()
+
+
+def test_keeps_the_last_k(tmp_path, dist):
+    cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))
+    _setup(dist)
+    for step in range(1, 6):
+        save_checkpoint(dist, tmp_path, TrainerState(step=step, data_positions=[{"epoch": 0, "taken": step}]), cfg,
+                        keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
+
+
+def test_resuming_with_another_world_size_is_refused(tmp_path, dist):
+    cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))
+    _setup(dist)
+    path = save_checkpoint(dist, tmp_path, TrainerState(step=3, world_size=1, data_positions=[{"epoch": 0, "taken": 1}]),
+                           cfg, keep=1)
+    state = json.loads((path / "trainer_state.json").read_text())
+    state["world_size"] = 2
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointMismatch, match="written by 2 process.*this run has 1.*Relaunch with 2"):
+        load_checkpoint(dist, path)

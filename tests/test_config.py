@@ -1,0 +1,111 @@
+"""Config: one typed tree, errors name the key, overrides, dry run, every shipped config validates."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, base_config, write_config
+
+from bonsai.config import REDACTED, ConfigError, load_config, redact, save_resolved
+
+
+def _load(tmp_path, cfg, overrides=()):
+    return load_config(write_config(tmp_path / "c.yaml", cfg), overrides)
+
+
+def test_every_shipped_config_validates():
+    shipped = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"demo.yaml", "phi2_lora.yaml", "phi2_full.yaml"}
+    for path in shipped:
+        cfg = load_config(path)
+        for world in (1, 2, 8):
+            if cfg.train.global_batch_size and cfg.train.global_batch_size % (cfg.train.micro_batch_size * world):
+                continue
+            assert cfg.check_world_size(world) >= 1
+
+
+def test_phi2_configs_target_phi2_with_bf16():
+    for name, finetune in (("phi2_lora.yaml", "lora"), ("phi2_full.yaml", "full")):
+        cfg = load_config(ROOT / "configs" / name)
+        assert cfg.model.name_or_path == "microsoft/phi-2"
+        assert cfg.model.finetune == finetune and cfg.train.precision == "bf16"
+        assert not cfg.model.trust_remote_code
+    lora = load_config(ROOT / "configs" / "phi2_lora.yaml").model.lora
+    assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"}
+
+
+def test_unknown_key_is_named(tmp_path):
+    cfg = base_config(tmp_path / "run", tmp_path)
+    cfg["train"]["lrr"] = 1e-4
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key"):
+        _load(tmp_path, cfg)
+
+
+def test_wrong_type_is_named(tmp_path):
+    cfg = base_config(tmp_path / "run", tmp_path)
+    cfg["train"]["max_steps"] = "many"
+    with pytest.raises(ConfigError, match=r"train\.max_steps: .*integer.*'many'"):
+        _load(tmp_path, cfg)
+
+
+def test_missing_section_and_unknown_choice(tmp_path):
+    cfg = base_config(tmp_path / "run", tmp_path)
+    del cfg["data"]
+    cfg["model"]["finetune"] = "qlora"
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, cfg)
+    assert "data: Field required" in str(err.value)
+    assert "model.finetune" in str(err.value) and "'qlora'" in str(err.value)
+
+
+def test_global_batch_must_divide_by_micro_batch_times_world(tmp_path):
+    cfg = base_config(tmp_path / "run", tmp_path)
+    del cfg["train"]["gradient_accumulation_steps"]
+    cfg["train"]["global_batch_size"] = 12
+    loaded = _load(tmp_path, cfg)
+    assert loaded.check_world_size(1) == 3
+    assert loaded.check_world_size(3) == 1
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size 12 is not divisible by .* world size 2 = 8"):
+        loaded.check_world_size(2)
+
+
+def test_conflicting_fields_are_refused(tmp_path):
+    cfg = base_config(tmp_path / "run", tmp_path)
+    cfg["train"]["global_batch_size"] = 8
+    cfg["train"]["warmup_ratio"] = 0.1
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, cfg)
+    assert "warmup_steps or warmup_ratio" in str(err.value)
+    assert "gradient_accumulation_steps or global_batch_size" in str(err.value)
+
+
+def test_dotted_overrides(tmp_path):
+    cfg = _load(tmp_path, base_config(tmp_path / "run", tmp_path), ["train.lr=1e-4", "data.packing=false",
+                                                                     "model.lora.target_modules=[fc1, fc2]"])
+    assert cfg.train.lr == 1e-4 and cfg.data.packing is False and cfg.model.lora.target_modules == ["fc1", "fc2"]
+    with pytest.raises(ConfigError, match=r"train\.nope: unknown key"):
+        _load(tmp_path, base_config(tmp_path / "run", tmp_path), ["train.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        _load(tmp_path, base_config(tmp_path / "run", tmp_path), ["train.lr"])
+
+
+def test_secrets_are_redacted_when_saved(tmp_path):
+    assert redact({"wandb": {"api_key": "abc", "project": "p"}, "hf_token": "hf_x", "empty_token": None}) == {
+        "wandb": {"api_key": REDACTED, "project": "p"}, "hf_token": REDACTED, "empty_token": None}
+    cfg = _load(tmp_path, base_config(tmp_path / "run", tmp_path))
+    save_resolved(cfg, tmp_path / "out" / "config.yaml")
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["train"]["lr"] == cfg.train.lr
+
+
+def test_cli_dry_run_prints_resolved_config_and_errors_exit_2(tmp_path):
+    path = write_config(tmp_path / "c.yaml", base_config(tmp_path / "run", tmp_path))
+    ok = subprocess.run([sys.executable, "-m", "bonsai.cli", "train", str(path), "train.lr=5e-4", "--dry-run"],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["train"]["lr"] == 5e-4
+    assert not (tmp_path / "run").exists()
+    bad = subprocess.run([sys.executable, "-m", "bonsai.cli", "train", str(path), "train.max_steps=0", "--dry-run"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2
+    assert "train.max_steps" in bad.stderr and "Traceback" not in bad.stderr

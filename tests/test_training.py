@@ -1,0 +1,150 @@
+"""Training for real, in separate processes (2 ranks over gloo where it says so)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, LAUNCH_TIMEOUT_S, base_config, losses, run_train, subprocess_env, train_command, write_config
+
+INVARIANCE_STEPS = 8
+
+
+def _invariance_config(tmp_path, cache, name, micro_batch, accumulation):
+    cfg = base_config(tmp_path / name, cache)
+    # One record per row and no eval split: every layout then trains the same 4 records per step.
+    cfg["data"].update(packing=False, eval_fraction=0.0)
+    cfg["train"].update(max_steps=INVARIANCE_STEPS, micro_batch_size=micro_batch,
+                        gradient_accumulation_steps=accumulation, warmup_steps=0, lr=4e-3)
+    return write_config(tmp_path / f"{name}.yaml", cfg)
+
+
+@pytest.fixture(scope="module")
+def invariance_runs(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("invariance")
+    layouts = {"mb4_acc1_1rank": (4, 1, 1), "mb1_acc4_1rank": (1, 4, 1), "mb2_acc1_2ranks": (2, 1, 2)}
+    out = {}
+    for name, (mb, acc, nproc) in layouts.items():
+        run_train(_invariance_config(tmp, model_cache, name, mb, acc), nproc=nproc)
+        out[name] = losses(tmp / name)
+    return out
+
+
+def test_loss_is_invariant_to_micro_batch_accumulation_and_ranks(invariance_runs):
+    reference = invariance_runs["mb4_acc1_1rank"]
+    assert sorted(reference) == list(range(1, INVARIANCE_STEPS + 1))
+    for name, run in invariance_runs.items():
+        for step, loss in reference.items():
+            # fp32 sums in a different order differ in the last bits; 1e-5 is far below any real
+            # normalisation error (averaging per-micro-batch means is off by ~1e-2 here).
+            assert abs(run[step] - loss) < 1e-5, f"{name} step {step}: {run[step]} vs {loss}"
+
+
+def test_two_rank_run_loss_falls(invariance_runs):
+    run = [loss for _, loss in sorted(invariance_runs["mb2_acc1_2ranks"].items())]
+    # Each step trains on new records, so single steps are noisy; compare the ends of the curve.
+    assert sum(run[-3:]) / 3 < sum(run[:3]) / 3 - 0.3, run
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited {proc.returncode} before step {step}")
+        if metrics.exists() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines() if l):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache):
+    """Two ranks; rank 1 alone gets SIGTERM mid-run. Both ranks stop after the same step, checkpoint
+    and exit; a second launch resumes and every step's loss equals the uninterrupted run's."""
+    steps = 14
+    def config(name):
+        cfg = base_config(tmp_path / name, model_cache)
+        cfg["train"].update(max_steps=steps, micro_batch_size=2, gradient_accumulation_steps=2, checkpoint_every=5)
+        cfg["eval"] = {"every_steps": 5}
+        return write_config(tmp_path / f"{name}.yaml", cfg)
+
+    run_train(config("straight"), nproc=2)
+    reference = losses(tmp_path / "straight")
+
+    interrupted = config("interrupted")
+    proc = subprocess.Popen(train_command(interrupted, nproc=2), cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_step(tmp_path / "interrupted", 3, proc)
+        rank1 = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        assert rank1, "rank 1 not found among the launcher's children"
+        os.kill(rank1[0], signal.SIGTERM)
+        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert "stop requested (SIGTERM)" in output and "stop requested (by another rank)" in output, output[-3000:]
+    stopped_at = max(losses(tmp_path / "interrupted"))
+    assert 3 <= stopped_at < steps
+
+    resumed = run_train(interrupted, nproc=2)
+    assert f"at step {stopped_at}" in resumed.stdout or "resumed from" in resumed.stdout
+    after = losses(tmp_path / "interrupted")
+    assert sorted(after) == sorted(reference) == list(range(1, steps + 1))
+    for step in reference:
+        assert after[step] == reference[step], f"step {step}"  # bitwise: same weights, optimizer, RNG and data
+
+
+def test_lora_run_saves_full_adapter_and_equivalent_merged_model(tmp_path, model_cache):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    cfg = base_config(tmp_path / "lora", model_cache)
+    cfg["model"].update(finetune="lora", merge_lora_on_save=True, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    cfg["train"].update(max_steps=8, lr=1e-2)
+    run_train(write_config(tmp_path / "lora.yaml", cfg))
+    run = losses(tmp_path / "lora")
+    assert run[8] < run[1]
+
+    adapter = load_file(tmp_path / "lora" / "model" / "adapter_model.safetensors")
+    lora_a = {k: v for k, v in adapter.items() if "lora_A" in k}
+    assert len(lora_a) == 2 * 6  # 2 layers x (q, k, v, dense, fc1, fc2)
+    assert all(v.shape[0] == 4 and v.numel() > 0 for v in lora_a.values())
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero: it trained
+
+    summary = json.loads((tmp_path / "lora" / "summary.json").read_text())
+    base_path = json.loads((tmp_path / "lora" / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), tmp_path / "lora" / "model")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "model-merged")
+    ids = torch.randint(0, 500, (1, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, rtol=1e-4, atol=1e-4)
+    assert len(summary["model_dirs"]) == 2
