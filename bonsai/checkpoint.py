@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class TrainerState:
     world_size: int = 1
     data_positions: list[dict] = field(default_factory=list)
     finished: bool = False
+    rollbacks: int = 0
+    skipped_steps: int = 0
 
     def position_for(self, rank: int) -> StreamPosition:
         return StreamPosition.from_dict(self.data_positions[rank])
@@ -58,8 +61,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
+def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
+                    write_rank_files: Callable[[Path], None] | None = None) -> Path:
+    """Collective: every rank calls it. `write_rank_files(dir)` lets each rank add its own files before
+    the checkpoint becomes visible. Returns the final directory."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{state.step:08d}"
     tmp = root / f"{TMP_PREFIX}{final.name}"
@@ -68,6 +73,8 @@ def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiC
         tmp.mkdir(parents=True)
     dist.barrier()
     dist.accelerator.save_state(str(tmp), safe_serialization=True)
+    if write_rank_files:
+        write_rank_files(tmp)
     dist.barrier()
     if dist.is_main:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")

@@ -33,7 +33,7 @@ def _train(args) -> int:
     from bonsai.checkpoint import CheckpointMismatch
     from bonsai.distributed import WorldSizeMismatch, launcher_world_size
     from bonsai.stream import DataSourceError
-    from bonsai.trainer import DataError, train
+    from bonsai.trainer import DataError, TrainingUnstable, train
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -45,6 +45,9 @@ def _train(args) -> int:
     except (ConfigError, DataSourceError, DataError, CheckpointMismatch, WorldSizeMismatch) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
+    except TrainingUnstable as err:
+        print(f"bonsai: training stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -156,8 +156,44 @@ class EvalConfig(_Section):
     max_batches: int | None = Field(None, ge=1)
 
 
+class WandbConfig(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online when WANDB_API_KEY is set, offline otherwise (sync later with `wandb sync`)."""
+    project: str = "bonsai"
+    entity: str | None = None
+    name: str | None = None
+    """Defaults to the output_dir's name."""
+    group: str | None = None
+    """Defaults to `slurm-<job id>` under SLURM, else the output_dir's name: one group per launch or job."""
+    tags: list[str] = Field(default_factory=list)
+
+
 class LoggingConfig(_Section):
     progress_bar: bool = True
+    wandb: WandbConfig = WandbConfig()
+
+
+Policy = Literal["warn", "skip", "rollback"]
+
+
+class MonitorConfig(_Section):
+    """Loss-instability detection. Needs the step's loss and grad norm on the host: one sync per step."""
+
+    enabled: bool = True
+    window: int = Field(64, ge=8)
+    """Steps of history for the rolling median and MAD."""
+    warmup_steps: int = Field(20, ge=0)
+    """No spike is called before this many steps (the early loss falls too fast to have a baseline)."""
+    loss_z: float = Field(6.0, gt=0)
+    """A loss more than this many robust standard deviations above the rolling median is a spike."""
+    grad_z: float = Field(6.0, gt=0)
+    trend_window: int = Field(100, ge=0)
+    """Steps over which the loss must still be falling; 0 turns the trend check off."""
+    on_loss_spike: Policy = "warn"
+    on_grad_spike: Policy = "warn"
+    on_nonfinite: Literal["skip", "rollback"] = "skip"
+    """A non-finite loss or gradient never reaches the weights, so `warn` is not offered here."""
+    max_rollbacks: int = Field(3, ge=0)
 
 
 class BonsaiConfig(_Section):
@@ -167,6 +203,7 @@ class BonsaiConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def check_world_size(self, world_size: int) -> int:
         """Validate the batch arithmetic for this many ranks; returns accumulation steps."""

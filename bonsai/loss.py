@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bonsai.config import CATEGORIES, LANGUAGES
 from bonsai.packing import Batch, additive_mask, block_causal_mask
+from bonsai.records import Record
 from bonsai.template import IGNORE_INDEX
 
 
@@ -57,3 +59,29 @@ def _config_holder(model):
     """The module whose `.config` says which attention runs (DDP and PEFT wrap it)."""
     inner = getattr(model, "module", model)
     return inner if hasattr(inner, "config") else model
+
+
+# Loss broken down by category and language: fixed keys, so every rank reduces tensors of one shape.
+BREAKDOWN_KEYS = ["all", *(f"category/{c}" for c in CATEGORIES), *(f"lang/{lang}" for lang in LANGUAGES)]
+_SLOT = {k: i for i, k in enumerate(BREAKDOWN_KEYS)}
+
+
+def breakdown_sums(records: list[Record], record_loss_sum: torch.Tensor, record_tokens: torch.Tensor) -> torch.Tensor:
+    """(len(BREAKDOWN_KEYS), 2) tensor of [loss sum, token count] per key, on the losses' device."""
+    index = torch.tensor(
+        [[_SLOT["all"], _SLOT[f"category/{r.category}"], _SLOT[f"lang/{r.lang}"]] for r in records],
+        dtype=torch.long, device=record_loss_sum.device,
+    ).reshape(-1)
+    values = torch.stack([record_loss_sum, record_tokens], dim=1).double().repeat_interleave(3, dim=0)
+    return torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=record_loss_sum.device).index_add_(
+        0, index, values
+    )
+
+
+def breakdown_metrics(prefix: str, sums: list[list[float]]) -> dict[str, float]:
+    """`prefix` for the overall mean, `prefix/category/x` and `prefix/lang/y` for the rest (where counted)."""
+    return {
+        prefix if key == "all" else f"{prefix}/{key}": loss_sum / count
+        for key, (loss_sum, count) in zip(BREAKDOWN_KEYS, sums)
+        if count
+    }

@@ -17,6 +17,7 @@ from tqdm import tqdm
 class MetricsLogger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
     def log_config(self, config: dict) -> None: ...
+    def log_event(self, event: dict) -> None: ...
     def close(self) -> None: ...
 
 
@@ -55,6 +56,36 @@ class JsonlLogger:
     def log_config(self, config: dict) -> None:
         pass  # the resolved config is saved as config.yaml in the run dir
 
+    def log_event(self, event: dict) -> None:
+        pass  # events have their own file
+
+    def rewind(self, step: int) -> None:
+        """After a rollback to `step`, later rows will be trained and logged again."""
+        self._file.close()
+        self._drop_rows_after(step)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class EventsFile:
+    """events.jsonl in the run dir: one line per instability event, with the records behind it."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_config(self, config: dict) -> None:
+        pass
+
+    def log_event(self, event: dict) -> None:
+        self._file.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 
@@ -77,6 +108,11 @@ class ConsoleLogger:
     def log_config(self, config: dict) -> None:
         pass
 
+    def log_event(self, event: dict) -> None:
+        top = ", ".join(r["id"] for r in event["records"][:3])
+        self.bar.write(f"step {event['step']}: {event['kind']} ({event['statistic']} {event['value']}, "
+                       f"threshold {event['threshold']}) -> {event['action']}; top records: {top}", file=sys.stderr)
+
     def close(self) -> None:
         self.bar.close()
 
@@ -92,6 +128,15 @@ class FanOut:
     def log_config(self, config: dict) -> None:
         for lg in self.loggers:
             lg.log_config(config)
+
+    def log_event(self, event: dict) -> None:
+        for lg in self.loggers:
+            lg.log_event(event)
+
+    def rewind(self, step: int) -> None:
+        for lg in self.loggers:
+            if hasattr(lg, "rewind"):
+                lg.rewind(step)
 
     def close(self) -> None:
         for lg in self.loggers:

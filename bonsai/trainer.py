@@ -7,10 +7,11 @@ One code path for one or many ranks, full or LoRA. The optimizer step is `train_
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,15 +19,18 @@ from accelerate.utils import set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from bonsai.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from bonsai.config import CATEGORIES, LANGUAGES, BonsaiConfig, save_resolved
+from bonsai.config import BonsaiConfig, redact, save_resolved
 from bonsai.dataset import RankData, describe_bad_records, write_quarantine
 from bonsai.distributed import Dist, setup_distributed
-from bonsai.loss import forward_loss
-from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger
+from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
+from bonsai.metrics import ConsoleLogger, EventsFile, FanOut, JsonlLogger, MetricsLogger
+from bonsai.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, strongest_action
 from bonsai.model import count_parameters, load_model, load_tokenizer, resolve_checkpoint, save_final_model
 from bonsai.packing import Batch, Row, collate
 from bonsai.preemption import EXIT_PREEMPTED, StopRequest
+from bonsai.records import Record
 from bonsai.stream import StreamPosition
+from bonsai.wandb_logger import resolve_mode
 
 THROUGHPUT_WARMUP_STEPS = 2  # first steps pay for allocation and kernel selection; not representative
 
@@ -42,13 +46,16 @@ class StepStats:
     target_tokens: int
     tokens: int
     stop_requested: bool
+    records: list[Record] = field(default_factory=list)  # this rank's records in the step
+    record_loss_sum: torch.Tensor | None = None  # (len(records),) response-token loss sums, on device
+    record_tokens: torch.Tensor | None = None
 
 
-def train_step(dist: Dist, model, optimizer, scheduler, micro_batches: list[Batch], max_grad_norm: float | None,
-               stop_requested: bool = False) -> StepStats:
-    """One optimizer step over this rank's micro-batches. Every micro-batch's loss sum is divided by the
-    response-token count of the whole step on all ranks, so the gradient is the same however the
-    step's rows are split into micro-batches and ranks."""
+def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_norm: float | None,
+                      stop_requested: bool = False) -> StepStats:
+    """Forward and backward over this rank's micro-batches, then clip. Every micro-batch's loss sum is
+    divided by the response-token count of the whole step on all ranks, so the gradient is the same
+    however the step's rows are split into micro-batches and ranks."""
     accelerator = dist.accelerator
     local = torch.tensor(
         [sum(b.num_target_tokens for b in micro_batches), sum(int((b.doc_index >= 0).sum()) for b in micro_batches),
@@ -63,17 +70,42 @@ def train_step(dist: Dist, model, optimizer, scheduler, micro_batches: list[Batc
     # DDP (and ZeRO) average gradients over ranks; scaling by world size turns that average into the sum.
     scale = dist.world_size / target_tokens
     loss_sum = torch.zeros((), device=dist.device)
+    records, record_loss, record_tokens = [], [], []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):
             out = forward_loss(model, batch.to(dist.device))
             accelerator.backward(out.loss_sum * scale)
         loss_sum += out.loss_sum.detach()
+        records += batch.records
+        record_loss.append(out.record_loss_sum)
+        record_tokens.append(out.record_tokens)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    optimizer.step()
+    return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, False, records,
+                     torch.cat(record_loss), torch.cat(record_tokens))
+
+
+def apply_update(optimizer, scheduler, skip: bool = False) -> None:
+    """Step the optimizer, or drop the step's gradients (the update is skipped, the schedule moves on)."""
+    if not skip:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, stop_requested=False)
+
+
+def train_step(dist: Dist, model, optimizer, scheduler, micro_batches: list[Batch], max_grad_norm: float | None,
+               stop_requested: bool = False) -> StepStats:
+    """One optimizer step over this rank's micro-batches."""
+    stats = compute_gradients(dist, model, micro_batches, max_grad_norm, stop_requested)
+    if not stats.stop_requested:
+        apply_update(optimizer, scheduler)
+    return stats
+
+
+def train_breakdown(dist: Dist, stats: StepStats) -> dict[str, float]:
+    """Train loss per category and language for this step (a collective: call it on every rank)."""
+    sums = breakdown_sums(stats.records, stats.record_loss_sum, stats.record_tokens)
+    return {k: v for k, v in breakdown_metrics("loss", dist.sum(sums).tolist()).items() if k != "loss"}
 
 
 class TrainRows:
@@ -101,9 +133,7 @@ def evaluate(dist: Dist, model, data: RankData, cfg: BonsaiConfig, pad_id: int) 
     rounds = dist.max(len(batches))
     if rounds == 0:
         return {}
-    keys = ["all", *(f"category/{c}" for c in CATEGORIES), *(f"lang/{lang}" for lang in LANGUAGES)]
-    slot = {k: i for i, k in enumerate(keys)}
-    sums = torch.zeros(len(keys), 2, dtype=torch.float64, device=dist.device)
+    sums = torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=dist.device)
     model.eval()
     with torch.no_grad():
         for i in range(rounds):
@@ -112,17 +142,9 @@ def evaluate(dist: Dist, model, data: RankData, cfg: BonsaiConfig, pad_id: int) 
                 continue
             batch = batches[i]
             out = forward_loss(model, batch.to(dist.device))
-            for r, record in enumerate(batch.records):
-                for key in ("all", f"category/{record.category}", f"lang/{record.lang}"):
-                    sums[slot[key], 0] += out.record_loss_sum[r].double()
-                    sums[slot[key], 1] += out.record_tokens[r].double()
+            sums += breakdown_sums(batch.records, out.record_loss_sum, out.record_tokens)
     model.train()
-    sums = dist.sum(sums).tolist()  # host sync: eval results are logged
-    metrics = {}
-    for key, (loss_sum, count) in zip(keys, sums):
-        if count:
-            metrics["eval/loss" if key == "all" else f"eval/loss/{key}"] = loss_sum / count
-    return metrics
+    return breakdown_metrics("eval/loss", dist.sum(sums).tolist())  # host sync: eval results are logged
 
 
 def _scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run_dir: Path) -> dict[str, int]:
@@ -165,11 +187,41 @@ def _build_optimizer(model, cfg: BonsaiConfig) -> torch.optim.Optimizer:
     )
 
 
-def _loggers(cfg: BonsaiConfig, run_dir: Path, state: TrainerState) -> MetricsLogger:
-    return FanOut([
+def _loggers(cfg: BonsaiConfig, run_dir: Path, state: TrainerState, say) -> FanOut:
+    loggers: list[MetricsLogger] = [
         JsonlLogger(run_dir / "metrics.jsonl", resume_step=state.step),
+        EventsFile(run_dir / "events.jsonl"),
         ConsoleLogger(cfg.train.max_steps, state.step, enabled=cfg.logging.progress_bar),
-    ])
+    ]
+    if resolve_mode(cfg.logging.wandb) != "disabled":
+        from bonsai.wandb_logger import WandbLogger
+
+        loggers.append(WandbLogger(cfg.logging.wandb, run_dir, redact(cfg.model_dump(mode="json")), say))
+    return FanOut(loggers)
+
+
+class TrainingUnstable(RuntimeError):
+    """The monitor asked for more rollbacks than monitor.max_rollbacks allows."""
+
+
+def record_stats_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / "record_stats" / f"rank{rank}.json"
+
+
+def _monitor_step(dist: Dist, detector: SpikeDetector, tracker: RecordLossTracker, stats: StepStats,
+                  step: int) -> list[Event]:
+    """Update per-record statistics and run the detector; on an event, attach every rank's records."""
+    # host sync: the monitor must decide before the update whether to apply it.
+    loss, grad_norm = stats.loss.item(), stats.grad_norm.item()
+    losses, tokens = stats.record_loss_sum.tolist(), stats.record_tokens.tolist()
+    tracker.update(stats.records, losses, tokens)
+    events = detector.check(step, loss, grad_norm)
+    if events:  # every rank reached the same decision from the same global values: a safe collective
+        rows = [r for per_rank in dist.gather_objects(batch_records(stats.records, losses, tokens)) for r in per_rank]
+        rows.sort(key=lambda r: r["loss"], reverse=True)
+        for event in events:
+            event.records = rows
+    return events
 
 
 def train(cfg: BonsaiConfig) -> int:
@@ -212,11 +264,20 @@ def train(cfg: BonsaiConfig) -> int:
         return 0
     if dist.is_main:
         save_resolved(cfg, run_dir / "config.yaml")
-    logger = _loggers(cfg, run_dir, state) if dist.is_main else None
+    logger = _loggers(cfg, run_dir, state, say) if dist.is_main else None
 
     rows = TrainRows(data, state.position_for(dist.rank))
     pad_id = tokenizer.pad_token_id
     pad_to = cfg.data.max_length if cfg.data.packing else None
+    detector = SpikeDetector(cfg.monitor) if cfg.monitor.enabled else None
+    tracker = RecordLossTracker.load(latest / f"record_stats_rank{dist.rank}.json") if latest else RecordLossTracker()
+
+    def checkpoint() -> Path:
+        state.data_positions = dist.gather_objects(rows.position.to_dict())
+        tracker.save(record_stats_path(run_dir, dist.rank))
+        return save_checkpoint(dist, run_dir, state, cfg, cfg.train.keep_checkpoints,
+                               lambda d: tracker.save(d / f"record_stats_rank{dist.rank}.json"))
+
     stop = StopRequest().install()
     timed_tokens, timed_seconds, first_loss, last_loss = 0, 0.0, None, None
     try:
@@ -224,19 +285,46 @@ def train(cfg: BonsaiConfig) -> int:
             step_start = time.perf_counter()
             taken = rows.take(cfg.train.micro_batch_size * accumulation)
             batches = micro_batches_of(taken, cfg.train.micro_batch_size, pad_id, pad_to)
-            stats = train_step(dist, model, optimizer, scheduler, batches, cfg.train.max_grad_norm, stop.requested)
+            stats = compute_gradients(dist, model, batches, cfg.train.max_grad_norm, stop.requested)
             if stats.stop_requested:
-                save_checkpoint(dist, run_dir, _with_positions(dist, state, rows), cfg, cfg.train.keep_checkpoints)
+                checkpoint()
                 # Every rank says why it stops: the one that got the signal is the one to look for.
                 print(f"rank {dist.rank}: stop requested ({stop.signal_name or 'by another rank'}): "
                       f"checkpointed step {state.step}, exiting with {EXIT_PREEMPTED}", flush=True)
                 return EXIT_PREEMPTED
+            events = _monitor_step(dist, detector, tracker, stats, state.step + 1) if detector else []
+            action = strongest_action(events)
+            rollback_to = latest_checkpoint(run_dir) if action == "rollback" else None
+            if action == "rollback" and rollback_to is None:
+                action = "skip"  # nothing to roll back to yet: at least keep this step out of the weights
+                for e in events:
+                    e.action = "skip (no checkpoint yet)" if e.action == "rollback" else e.action
+            if logger:
+                for e in events:
+                    logger.log_event(e.to_dict())
             rows.position = taken[-1].resume
+            if action == "rollback":
+                if state.rollbacks >= cfg.monitor.max_rollbacks:
+                    raise TrainingUnstable(
+                        f"step {state.step + 1}: {events[0].kind} after {state.rollbacks} rollback(s) "
+                        f"(monitor.max_rollbacks); see {run_dir / 'events.jsonl'} for the records involved")
+                apply_update(optimizer, scheduler, skip=True)
+                rollbacks = state.rollbacks + 1
+                state = load_checkpoint(dist, rollback_to)
+                state.rollbacks = rollbacks
+                # The data stream is not rewound: the rows between the checkpoint and this step are skipped.
+                say(f"rolled back to {rollback_to.name} (rollback {rollbacks} of at most "
+                    f"{cfg.monitor.max_rollbacks}); data continues after step's rows")
+                if logger:
+                    logger.rewind(state.step)
+                continue
+            apply_update(optimizer, scheduler, skip=action == "skip")
+            state.skipped_steps += action == "skip"
             state.step += 1
             state.tokens_seen += stats.tokens
             state.target_tokens_seen += stats.target_tokens
             elapsed = time.perf_counter() - step_start
-            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or events:
                 metrics = {
                     "loss": stats.loss.item(),  # host sync: logging only
                     "grad_norm": stats.grad_norm.item(),
@@ -246,11 +334,14 @@ def train(cfg: BonsaiConfig) -> int:
                     "tokens_seen": state.tokens_seen,
                     "target_tokens_seen": state.target_tokens_seen,
                     "step_time_s": elapsed,
+                    "skipped": int(action == "skip"),
                     "data/epoch": rows.position.epoch,
                     "data/taken": rows.position.taken,
+                    **train_breakdown(dist, stats),
                 }
-                first_loss = metrics["loss"] if first_loss is None else first_loss
-                last_loss = metrics["loss"]
+                if math.isfinite(metrics["loss"]):
+                    first_loss = metrics["loss"] if first_loss is None else first_loss
+                    last_loss = metrics["loss"]
                 if logger:
                     logger.log(metrics, state.step)
             if state.step > THROUGHPUT_WARMUP_STEPS:
@@ -259,11 +350,11 @@ def train(cfg: BonsaiConfig) -> int:
                 _log(logger, evaluate(dist, model, data, cfg, pad_id), state.step)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 \
                     and state.step < cfg.train.max_steps:
-                save_checkpoint(dist, run_dir, _with_positions(dist, state, rows), cfg, cfg.train.keep_checkpoints)
+                checkpoint()
 
         _log(logger, evaluate(dist, model, data, cfg, pad_id), state.step)
         state.finished = True
-        save_checkpoint(dist, run_dir, _with_positions(dist, state, rows), cfg, cfg.train.keep_checkpoints)
+        checkpoint()
         model_dir = run_dir / "model"
         unwrapped = dist.accelerator.unwrap_model(model)
         written = save_final_model(unwrapped, tokenizer, cfg.model, model_dir, dist.accelerator.save) \
@@ -276,6 +367,8 @@ def train(cfg: BonsaiConfig) -> int:
             "first_loss": first_loss,
             "last_loss": last_loss,
             "tokens_seen": state.tokens_seen,
+            "skipped_steps": state.skipped_steps,
+            "rollbacks": state.rollbacks,
             "model_dirs": [str(p) for p in written],
         }
         if dist.is_main:
@@ -291,8 +384,3 @@ def train(cfg: BonsaiConfig) -> int:
 def _log(logger: MetricsLogger | None, metrics: dict[str, float], step: int) -> None:
     if logger and metrics:
         logger.log(metrics, step)
-
-
-def _with_positions(dist: Dist, state: TrainerState, rows: TrainRows) -> TrainerState:
-    state.data_positions = dist.gather_objects(rows.position.to_dict())
-    return state

@@ -1,0 +1,163 @@
+"""Loss-instability detection, and the per-record loss statistics that name the data behind it.
+
+Known designs and what this keeps from them: OLMo-core skips a step past mean + 6 sigma of the last
+128 steps (a mean and sigma that the spikes themselves inflate; here the median and MAD, which they do
+not); ZClip clips on an EMA z-score of the grad norm; Megatron-LM rejects a loss 10x above the early
+maximum (too coarse for SFT, whose loss falls by 5x); PaLM restarted ~100 steps before a spike and
+skipped the batches that followed (the `rollback` policy). Decisions are deterministic functions of the
+step's global loss and grad norm, so every rank reaches the same one without talking.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bonsai.config import MonitorConfig
+
+MAD_TO_SIGMA = 1.4826  # MAD x this = sigma for normal data
+ACTION_ORDER = {"warn": 0, "skip": 1, "rollback": 2}
+
+
+@dataclass
+class Event:
+    step: int
+    kind: str  # loss_spike | grad_spike | nonfinite | trend
+    severity: float  # how far past the threshold: value / threshold (inf for non-finite)
+    statistic: str
+    value: float
+    threshold: float
+    action: str
+    records: list[dict] = field(default_factory=list)  # the step's records, highest loss first
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("severity", "value", "threshold"):
+            if not math.isfinite(d[key]):
+                d[key] = str(d[key])
+        return d
+
+
+def robust_z(value: float, history) -> float:
+    median = statistics.median(history)
+    mad = statistics.median(abs(x - median) for x in history)
+    # A floor on the scale: a run of near-identical losses must not turn noise into a "spike".
+    scale = max(MAD_TO_SIGMA * mad, 1e-3 * abs(median), 1e-8)
+    return (value - median) / scale
+
+
+def slope(values) -> float:
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    cov = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(values))
+    return cov / sum((i - mean_x) ** 2 for i in range(n))
+
+
+class SpikeDetector:
+    def __init__(self, cfg: MonitorConfig):
+        self.cfg = cfg
+        self.losses: deque[float] = deque(maxlen=cfg.window)
+        self.grad_norms: deque[float] = deque(maxlen=cfg.window)
+        self.trend: deque[float] = deque(maxlen=max(cfg.trend_window, 1))
+        self.trend_flagged = False
+        self.steps_seen = 0
+
+    def check(self, step: int, loss: float, grad_norm: float) -> list[Event]:
+        cfg = self.cfg
+        self.steps_seen += 1
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            bad, value = ("loss", loss) if not math.isfinite(loss) else ("grad_norm", grad_norm)
+            return [Event(step, "nonfinite", math.inf, bad, value, math.inf, cfg.on_nonfinite)]
+        events = []
+        armed = self.steps_seen > cfg.warmup_steps and len(self.losses) >= 8
+        loss_z = robust_z(loss, self.losses) if armed else 0.0
+        grad_z = robust_z(grad_norm, self.grad_norms) if armed else 0.0
+        if loss_z > cfg.loss_z:
+            events.append(Event(step, "loss_spike", loss_z / cfg.loss_z, "loss_robust_z", loss_z, cfg.loss_z,
+                                cfg.on_loss_spike))
+        if grad_z > cfg.grad_z:
+            events.append(Event(step, "grad_spike", grad_z / cfg.grad_z, "grad_norm_robust_z", grad_z, cfg.grad_z,
+                                cfg.on_grad_spike))
+        # Spikes stay out of the baseline, or one spike would hide the next.
+        if loss_z <= cfg.loss_z:
+            self.losses.append(loss)
+        if grad_z <= cfg.grad_z:
+            self.grad_norms.append(grad_norm)
+        if cfg.trend_window:
+            events += self._check_trend(step, loss)
+        return events
+
+    def _check_trend(self, step: int, loss: float) -> list[Event]:
+        self.trend.append(loss)
+        if len(self.trend) < self.cfg.trend_window or self.steps_seen <= self.cfg.warmup_steps:
+            return []
+        per_step = slope(self.trend)
+        falling = per_step < 0
+        if falling:
+            self.trend_flagged = False
+            return []
+        if self.trend_flagged:
+            return []
+        self.trend_flagged = True
+        return [Event(step, "trend", 1.0, "loss_slope_per_step", per_step, 0.0, "warn")]
+
+
+def strongest_action(events: list[Event]) -> str | None:
+    return max((e.action for e in events), key=ACTION_ORDER.__getitem__, default=None)
+
+
+@dataclass
+class RecordStats:
+    category: str
+    lang: str
+    seen: int = 0
+    loss_sum: float = 0.0  # of per-token mean losses, one per appearance
+    last_loss: float = 0.0
+    ema_loss: float | None = None
+
+
+class RecordLossTracker:
+    """Per record: how often it was trained on and its per-token loss (last, mean, EMA). Each rank
+    tracks the records it trained; `bonsai report` merges the ranks' files."""
+
+    EMA = 0.5  # recent appearances count most: by then clean records have been learned
+
+    def __init__(self):
+        self.records: dict[str, RecordStats] = {}
+
+    def update(self, records, losses: list[float], tokens: list[float]) -> None:
+        for record, loss_sum, count in zip(records, losses, tokens):
+            if not count:
+                continue
+            loss = loss_sum / count
+            s = self.records.setdefault(record.id, RecordStats(record.category, record.lang))
+            s.seen += 1
+            s.loss_sum += loss
+            s.last_loss = loss
+            s.ema_loss = loss if s.ema_loss is None else self.EMA * s.ema_loss + (1 - self.EMA) * loss
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: asdict(v) for k, v in self.records.items()}), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RecordLossTracker:
+        tracker = cls()
+        if path.exists():
+            tracker.records = {k: RecordStats(**v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        return tracker
+
+
+def batch_records(records, losses: list[float], tokens: list[float]) -> list[dict]:
+    """The step's records as event rows: id, category, language, per-token loss, token count."""
+    return [
+        {"id": r.id, "category": r.category, "lang": r.lang, "loss": loss / count, "tokens": int(count)}
+        for r, loss, count in zip(records, losses, tokens)
+        if count
+    ]
