@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	rm -rf runs/demo
 	WANDB_MODE=offline $(BIN)/bonsai train configs/demo.yaml
+	$(BIN)/bonsai report runs/demo
 
 test: setup
 	$(BIN)/python -m pytest

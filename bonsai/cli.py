@@ -19,6 +19,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=1e-4")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    report = sub.add_parser(
+        "report",
+        help="loss curve, instability events and suspect records of a run",
+        description="Writes RUN_DIR/report.png and RUN_DIR/report.json and prints a summary.",
+    )
+    report.add_argument("run_dir")
     return parser
 
 
@@ -26,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
         return _train(args)
+    if args.command == "report":
+        return _report(args)
     raise AssertionError(args.command)
 
 
@@ -48,6 +56,17 @@ def _train(args) -> int:
     except TrainingUnstable as err:
         print(f"bonsai: training stopped: {err}", file=sys.stderr)
         return 3
+
+
+def _report(args) -> int:
+    from bonsai.report import summary_text, write_report
+
+    try:
+        print(summary_text(write_report(args.run_dir)))
+    except (FileNotFoundError, ConfigError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Loss-instability detection, and the per-record loss statistics that name the data behind it.
 
 Known designs and what this keeps from them: OLMo-core skips a step past mean + 6 sigma of the last
-128 steps (a mean and sigma that the spikes themselves inflate; here the median and MAD, which they do
-not); ZClip clips on an EMA z-score of the grad norm; Megatron-LM rejects a loss 10x above the early
+128 steps (a mean and sigma that spikes and a falling trend both inflate; here a short median for the
+level and the MAD of step-to-step differences for the noise, which neither inflates); ZClip clips on an EMA z-score of the grad norm; Megatron-LM rejects a loss 10x above the early
 maximum (too coarse for SFT, whose loss falls by 5x); PaLM restarted ~100 steps before a spike and
 skipped the batches that followed (the `rollback` policy). Decisions are deterministic functions of the
 step's global loss and grad norm, so every rank reaches the same one without talking.
@@ -33,6 +33,7 @@ class Event:
     threshold: float
     action: str
     records: list[dict] = field(default_factory=list)  # the step's records, highest loss first
+    data_positions: list[dict] = field(default_factory=list)  # every rank's stream position after the step
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -42,12 +43,21 @@ class Event:
         return d
 
 
+LEVEL_STEPS = 8  # the recent level is the median of this many steps: it follows a falling loss
+
+
 def robust_z(value: float, history) -> float:
-    median = statistics.median(history)
-    mad = statistics.median(abs(x - median) for x in history)
-    # A floor on the scale: a run of near-identical losses must not turn noise into a "spike".
-    scale = max(MAD_TO_SIGMA * mad, 1e-3 * abs(median), 1e-8)
-    return (value - median) / scale
+    """How many noise-sigmas `value` sits above the recent level. The level is the median of the last
+    few steps and the noise comes from the MAD of step-to-step differences, so a loss that is still
+    falling fast (as SFT losses do) neither hides a spike nor looks like one."""
+    history = list(history)
+    level = statistics.median(history[-LEVEL_STEPS:])
+    # Differences of independent noise have sqrt(2) times its sigma. Their spread is taken around zero,
+    # not around their median: a regular up-down pattern has a median difference with no spread around
+    # it, and would make every step look like a spike.
+    noise = MAD_TO_SIGMA * statistics.median(abs(b - a) for a, b in zip(history, history[1:])) / math.sqrt(2)
+    # A floor on the scale: a run of near-identical values must not turn rounding into a "spike".
+    return (value - level) / max(noise, 1e-3 * abs(level), 1e-8)
 
 
 def slope(values) -> float:
@@ -96,11 +106,15 @@ class SpikeDetector:
         if len(self.trend) < self.cfg.trend_window or self.steps_seen <= self.cfg.warmup_steps:
             return []
         per_step = slope(self.trend)
-        falling = per_step < 0
-        if falling:
-            self.trend_flagged = False
-            return []
+        drop = -per_step * (len(self.trend) - 1)  # how much the fitted line fell over the window
+        trend = list(self.trend)
+        noise = MAD_TO_SIGMA * statistics.median(abs(b - a) for a, b in zip(trend, trend[1:])) / math.sqrt(2)
         if self.trend_flagged:
+            # Re-arm only once the loss is clearly falling again, so a flat curve is reported once.
+            if drop > 2 * noise:
+                self.trend_flagged = False
+            return []
+        if drop > 0:
             return []
         self.trend_flagged = True
         return [Event(step, "trend", 1.0, "loss_slope_per_step", per_step, 0.0, "warn")]

@@ -209,7 +209,7 @@ def record_stats_path(run_dir: Path, rank: int) -> Path:
 
 
 def _monitor_step(dist: Dist, detector: SpikeDetector, tracker: RecordLossTracker, stats: StepStats,
-                  step: int) -> list[Event]:
+                  step: int, position: StreamPosition) -> list[Event]:
     """Update per-record statistics and run the detector; on an event, attach every rank's records."""
     # host sync: the monitor must decide before the update whether to apply it.
     loss, grad_norm = stats.loss.item(), stats.grad_norm.item()
@@ -217,10 +217,10 @@ def _monitor_step(dist: Dist, detector: SpikeDetector, tracker: RecordLossTracke
     tracker.update(stats.records, losses, tokens)
     events = detector.check(step, loss, grad_norm)
     if events:  # every rank reached the same decision from the same global values: a safe collective
-        rows = [r for per_rank in dist.gather_objects(batch_records(stats.records, losses, tokens)) for r in per_rank]
-        rows.sort(key=lambda r: r["loss"], reverse=True)
+        gathered = dist.gather_objects((batch_records(stats.records, losses, tokens), position.to_dict()))
+        rows = sorted((r for per_rank, _ in gathered for r in per_rank), key=lambda r: r["loss"], reverse=True)
         for event in events:
-            event.records = rows
+            event.records, event.data_positions = rows, [p for _, p in gathered]
     return events
 
 
@@ -292,7 +292,7 @@ def train(cfg: BonsaiConfig) -> int:
                 print(f"rank {dist.rank}: stop requested ({stop.signal_name or 'by another rank'}): "
                       f"checkpointed step {state.step}, exiting with {EXIT_PREEMPTED}", flush=True)
                 return EXIT_PREEMPTED
-            events = _monitor_step(dist, detector, tracker, stats, state.step + 1) if detector else []
+            events = _monitor_step(dist, detector, tracker, stats, state.step + 1, taken[-1].resume) if detector else []
             action = strongest_action(events)
             rollback_to = latest_checkpoint(run_dir) if action == "rollback" else None
             if action == "rollback" and rollback_to is None:

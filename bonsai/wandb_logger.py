@@ -14,6 +14,10 @@ RUN_ID_FILE = "wandb_run_id"
 EVENT_COLUMNS = ["step", "kind", "severity", "statistic", "value", "threshold", "action", "top_records"]
 
 
+def _text(number) -> str:
+    return f"{number:.4g}" if isinstance(number, (int, float)) else str(number)
+
+
 def resolve_mode(cfg: WandbConfig) -> str:
     if cfg.mode != "auto":
         return cfg.mode
@@ -59,15 +63,17 @@ class WandbLogger:
         self.run.config.update(config, allow_val_change=True)
 
     def log_event(self, event: dict) -> None:
+        value, threshold, severity = (_text(event[k]) for k in ("value", "threshold", "severity"))
         top = ", ".join(f"{r['id']} ({r['category']}/{r['lang']}, {r['loss']:.2f})" for r in event["records"][:5])
-        self._events.append([event["step"], event["kind"], event["severity"], event["statistic"], event["value"],
-                             event["threshold"], event["action"], top])
+        # Text for the numbers: non-finite values arrive as "nan"/"inf", and a W&B column keeps one type.
+        self._events.append([event["step"], event["kind"], severity, event["statistic"], value, threshold,
+                             event["action"], top])
         # Tables are immutable in W&B: log the whole (small) table again so the latest holds every event.
         self.run.log({"events": self._wandb.Table(columns=EVENT_COLUMNS, data=self._events),
                       "train/step": event["step"]})
         self._wandb.alert(
             title=f"bonsai: {event['kind']} at step {event['step']}",
-            text=f"{event['statistic']} = {event['value']:.4g} (threshold {event['threshold']:.4g}); "
+            text=f"{event['statistic']} = {value} (threshold {threshold}); "
                  f"action: {event['action']}; top records: {top}",
             level=self._wandb.AlertLevel.WARN,
         )

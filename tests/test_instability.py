@@ -1,0 +1,115 @@
+"""Instability tracking on real runs: planted bad records are flagged and named, non-finite steps never
+reach the weights, rollbacks resume from a checkpoint past the bad data, and W&B holds it all."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import base_config, run_train, write_config, write_shards, ROOT, subprocess_env
+from planted import planted_records
+from wandb_offline import history, wandb_records
+
+import subprocess
+import sys
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("planted")
+    records, planted = planted_records()
+    data = write_shards(tmp / "data", records)
+    cfg = base_config(tmp / "run", model_cache, data)
+    cfg["data"]["eval_fraction"] = 0.0
+    cfg["train"].update(max_steps=200, micro_batch_size=4, lr=3e-3, warmup_steps=10)
+    # Four rows a step make a noisy loss; thresholds lower than the production default of 6 find
+    # the few batches where a planted record stands out.
+    cfg["monitor"] = {"loss_z": 3.0, "grad_z": 3.0}
+    cfg["logging"]["wandb"] = {"mode": "offline", "project": "bonsai-tests", "tags": ["planted"]}
+    run_train(write_config(tmp / "c.yaml", cfg))
+    report = subprocess.run([sys.executable, "-m", "bonsai.cli", "report", str(tmp / "run")], cwd=ROOT,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    return tmp / "run", planted, report.stdout
+
+
+def test_planted_records_top_the_suspect_table(planted_run):
+    run_dir, planted, console = planted_run
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events, "no instability event was flagged"
+    assert all(e["records"] and e["data_positions"] for e in events)
+    assert all(set(r) >= {"id", "category", "lang", "loss", "tokens"} for e in events for r in e["records"])
+
+    report = json.loads((run_dir / "report.json").read_text())
+    top = [s["id"] for s in report["suspects"][: len(planted)]]
+    hits = len(set(top) & planted)
+    precision, recall = hits / len(top), hits / len(planted)
+    print(f"suspect table vs planted: precision@{len(planted)} {precision:.2f}, recall {recall:.2f}")
+    assert precision >= 0.7 and recall >= 0.7, (top, precision, recall)
+    assert all(s["why"] for s in report["suspects"][: len(planted)])
+    assert (run_dir / "report.png").stat().st_size > 20_000
+    assert "suspect records" in console and top[0] in console
+
+
+def test_wandb_offline_run_holds_metrics_events_and_config(planted_run):
+    run_dir, _, _ = planted_run
+    records = wandb_records(run_dir)
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.run_group == run_dir.name and list(run.tags) == ["planted"]
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["train"]["max_steps"] == 200 and config["monitor"]["loss_z"] == 3.0
+    rows = history(records)
+    assert any("loss" in r and "loss/category/open_qa" in r and "loss/lang/en" in r for r in rows)
+    assert max(json.loads(r["train/step"]) for r in rows if "train/step" in r) == 200
+    assert any(r.get("events/_type") == '"table-file"' for r in rows)
+    tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/events_*.table.json"))
+    last = max(tables, key=lambda p: len(json.loads(p.read_text())["data"]))
+    events = (run_dir / "events.jsonl").read_text().splitlines()
+    assert len(json.loads(last.read_text())["data"]) == len(events)
+    assert sum(r.WhichOneof("record_type") == "alert" for r in records) == len(events)
+    assert (run_dir / "wandb_run_id").read_text() == run.run_id
+
+
+def _diverging(tmp_path, cache, name, monitor):
+    cfg = base_config(tmp_path / name, cache)
+    # A learning rate this large sends the weights to infinity after one update: real non-finite losses.
+    cfg["train"].update(lr=1e6, max_grad_norm=None, warmup_steps=0, max_steps=12)
+    cfg["monitor"] = {"enabled": monitor, "on_nonfinite": "skip"}
+    run_train(write_config(tmp_path / f"{name}.yaml", cfg))
+    weights = load_file(tmp_path / name / "model" / "model.safetensors")
+    return all(torch.isfinite(w).all() for w in weights.values()), json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def test_skip_policy_keeps_non_finite_steps_out_of_the_weights(tmp_path, model_cache):
+    finite, summary = _diverging(tmp_path, model_cache, "guarded", monitor=True)
+    assert finite and summary["skipped_steps"] >= 10
+    events = [json.loads(line) for line in (tmp_path / "guarded" / "events.jsonl").read_text().splitlines()]
+    assert {e["kind"] for e in events} == {"nonfinite"} and {e["action"] for e in events} == {"skip"}
+    finite, _ = _diverging(tmp_path, model_cache, "unguarded", monitor=False)
+    assert not finite  # the control: without the monitor the same run ends with NaN weights
+
+
+def test_rollback_resumes_from_checkpoint_past_the_bad_window_and_is_capped(tmp_path, model_cache):
+    records, _ = planted_records()
+    data = write_shards(tmp_path / "data", records)
+    cfg = base_config(tmp_path / "run", model_cache, data)
+    cfg["data"]["eval_fraction"] = 0.0
+    cfg["train"].update(max_steps=150, lr=3e-3, warmup_steps=10, checkpoint_every=10, keep_checkpoints=3)
+    cfg["monitor"] = {"loss_z": 2.0, "grad_z": 2.0, "on_loss_spike": "rollback", "on_grad_spike": "rollback",
+                      "max_rollbacks": 2}
+    proc = run_train(write_config(tmp_path / "c.yaml", cfg), check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "after 2 rollback(s) (monitor.max_rollbacks)" in proc.stderr
+    assert proc.stdout.count("rolled back to step_") == 2
+
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    rollbacks = [e for e in events if e["action"] == "rollback"]
+    assert len(rollbacks) >= 3  # two carried out, the third refused
+    first = rollbacks[0]
+    checkpoint_step = (first["step"] - 1) // 10 * 10
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    resumed = next(r for r in rows if r["step"] == checkpoint_step + 1 and "loss" in r)
+    # Training went back to the checkpoint's step but not to its data: it continued after the event's rows.
+    assert (resumed["data/epoch"], resumed["data/taken"]) > (first["data_positions"][0]["epoch"],
+                                                            first["data_positions"][0]["taken"])

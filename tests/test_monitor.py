@@ -1,0 +1,88 @@
+"""The instability detector and the model-free record checks, on crafted inputs."""
+
+import math
+import random
+
+from bonsai.config import MonitorConfig
+from bonsai.data_checks import find_contradictions, find_language_mismatches, script_language
+from bonsai.monitor import SpikeDetector, strongest_action
+from bonsai.records import Record
+from conftest import sample_records
+
+
+def _falling_noisy(n, seed=0):
+    rng = random.Random(seed)
+    return [6.0 * math.exp(-i / 60) + 1.0 + rng.gauss(0, 0.05) for i in range(n)]
+
+
+def _run(detector, losses, grads=None):
+    grads = grads or [1.0 + 0.01 * (i % 7) for i in range(len(losses))]
+    return [e for i, (l, g) in enumerate(zip(losses, grads)) for e in detector.check(i + 1, l, g)]
+
+
+def test_spike_on_a_falling_loss_is_found_at_its_step():
+    losses = _falling_noisy(200)
+    clean = _run(SpikeDetector(MonitorConfig(trend_window=0)), losses)
+    assert clean == []
+    losses[150] += 1.0  # ~20 sigma of the step-to-step noise
+    events = _run(SpikeDetector(MonitorConfig(trend_window=0, on_loss_spike="skip")), losses)
+    assert [(e.step, e.kind, e.action) for e in events] == [(151, "loss_spike", "skip")]
+    assert events[0].value > 6 and events[0].severity == events[0].value / 6
+
+
+def test_no_spike_is_called_during_warmup():
+    losses = _falling_noisy(40)
+    losses[10] += 3.0
+    assert _run(SpikeDetector(MonitorConfig(trend_window=0, warmup_steps=20)), losses) == []
+
+
+def test_grad_spike_and_spikes_stay_out_of_the_baseline():
+    losses = _falling_noisy(120)
+    grads = [1.0 + 0.02 * math.sin(i) for i in range(120)]
+    grads[80] = grads[81] = 9.0  # two in a row: the first must not hide the second
+    events = _run(SpikeDetector(MonitorConfig(trend_window=0)), losses, grads)
+    assert [(e.step, e.kind) for e in events] == [(81, "grad_spike"), (82, "grad_spike")]
+
+
+def test_non_finite_values_are_always_events_with_their_policy():
+    d = SpikeDetector(MonitorConfig(on_nonfinite="rollback"))
+    (event,) = d.check(1, float("nan"), 1.0)
+    assert (event.kind, event.statistic, event.action) == ("nonfinite", "loss", "rollback")
+    (event,) = d.check(2, 1.0, float("inf"))
+    assert event.statistic == "grad_norm" and event.to_dict()["value"] == "inf"
+
+
+def test_trend_event_when_the_loss_stops_falling_and_once_only():
+    flat = [2.0 + 0.01 * ((i * 7) % 5) for i in range(300)]
+    events = _run(SpikeDetector(MonitorConfig(trend_window=50, warmup_steps=20)), flat)
+    assert [e.kind for e in events] == ["trend"]
+    assert _run(SpikeDetector(MonitorConfig(trend_window=50)), _falling_noisy(300)) == []
+
+
+def test_strongest_action_wins():
+    d = SpikeDetector(MonitorConfig(on_loss_spike="warn", on_nonfinite="skip"))
+    assert strongest_action(d.check(1, float("nan"), 1.0)) == "skip"
+    assert strongest_action([]) is None
+
+
+def test_script_language():
+    assert script_language("日本で一番高い山は富士山です。") == "ja"
+    assert script_language("日本最高的山是富士山。") == "zh"
+    assert script_language("The highest mountain in Japan is Mount Fuji.") == "en"
+    assert script_language("3776") is None
+
+
+def test_contradictions_and_language_mismatches():
+    base = dict(instruction="What is the capital of France?", input="", category="open_qa", lang="en")
+    records = [Record(id="a", output="Paris.", **base), Record(id="b", output="Berlin.", **base),
+               Record(id="c", output=" paris. ", **{**base, "instruction": "what is the capital of  France?"}),
+               Record(id="d", output="法国的首都是巴黎。", **{**base, "instruction": "Capital of France?"})]
+    assert find_contradictions(records) == {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+    assert find_language_mismatches(records) == {"d": "zh"}
+
+
+def test_clean_sample_has_no_contradictions_or_mismatches():
+    fields = ("id", "instruction", "input", "output", "category", "lang", "source_lang")
+    records = [Record(**{k: r.get(k, "" if k == "input" else None) for k in fields}) for r in sample_records()]
+    assert find_contradictions(records) == {}
+    assert find_language_mismatches(records) == {}
