@@ -171,6 +171,9 @@ class WandbConfig(_Section):
 class LoggingConfig(_Section):
     progress_bar: bool = True
     wandb: WandbConfig = WandbConfig()
+    peak_tflops_per_device: float | None = Field(None, gt=0)
+    """Peak dense TFLOP/s of one device at the training precision, for the MFU estimate. Unset: known
+    GPUs are looked up (H100/H200 bf16: 989), and MFU is not logged elsewhere (e.g. on CPU)."""
 
 
 Policy = Literal["warn", "skip", "rollback"]

@@ -26,6 +26,7 @@ from bonsai.stream import list_shards, parse_payload, read_shard
 SPIKE_WEIGHT = 2.0  # one spike batch counts as much as 2 sigma of excess loss
 FLAG_WEIGHT = 5.0  # a contradiction or a wrong language label is strong evidence on its own
 TOP_N = 20
+LOSS_Z_REASON = 3.0  # excess loss is named as a reason (and makes a suspect) above this robust z
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -78,7 +79,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         score = max(loss_z, 0.0) + SPIKE_WEIGHT * spikes[r.id]
         score += FLAG_WEIGHT * (r.id in contradictions) + FLAG_WEIGHT * (r.id in mismatches)
         why = []
-        if loss_z > 2:
+        if loss_z > LOSS_Z_REASON:
             why.append(f"loss {loss:.2f} vs {r.category} median {center[r.category]:.2f} (z {loss_z:.1f})")
         if spikes[r.id]:
             why.append(f"in {spikes[r.id]} spike batch(es)")
@@ -157,7 +158,8 @@ def write_report(run_dir: Path) -> dict:
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it a Bonsai run directory?")
     cfg = load_config(run_dir / "config.yaml")
     metrics, events = read_metrics(run_dir), read_events(run_dir)
-    suspects = [s for s in score_records(read_records(cfg), read_record_stats(run_dir), events) if s["score"] > 0]
+    # A suspect is a record with a stated reason; the score only orders them.
+    suspects = [s for s in score_records(read_records(cfg), read_record_stats(run_dir), events) if s["why"]]
     report = {
         "run_dir": str(run_dir),
         "steps": max((m["step"] for m in metrics), default=0),

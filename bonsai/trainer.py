@@ -30,6 +30,7 @@ from bonsai.packing import Batch, Row, collate
 from bonsai.preemption import EXIT_PREEMPTED, StopRequest
 from bonsai.records import Record
 from bonsai.stream import StreamPosition
+from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device
 from bonsai.wandb_logger import resolve_mode
 
 THROUGHPUT_WARMUP_STEPS = 2  # first steps pay for allocation and kernel selection; not representative
@@ -278,6 +279,8 @@ def train(cfg: BonsaiConfig) -> int:
         return save_checkpoint(dist, run_dir, state, cfg, cfg.train.keep_checkpoints,
                                lambda d: tracker.save(d / f"record_stats_rank{dist.rank}.json"))
 
+    flops_per_tok = flops_per_token(model, cfg.data.max_length)
+    peak_flops = peak_flops_per_device(cfg.logging.peak_tflops_per_device)
     stop = StopRequest().install()
     timed_tokens, timed_seconds, first_loss, last_loss = 0, 0.0, None, None
     try:
@@ -335,10 +338,13 @@ def train(cfg: BonsaiConfig) -> int:
                     "target_tokens_seen": state.target_tokens_seen,
                     "step_time_s": elapsed,
                     "skipped": int(action == "skip"),
+                    **memory_metrics(),
                     "data/epoch": rows.position.epoch,
                     "data/taken": rows.position.taken,
                     **train_breakdown(dist, stats),
                 }
+                if peak_flops:
+                    metrics["mfu"] = stats.tokens / elapsed * flops_per_tok / (peak_flops * dist.world_size)
                 if math.isfinite(metrics["loss"]):
                     first_loss = metrics["loss"] if first_loss is None else first_loss
                     last_loss = metrics["loss"]

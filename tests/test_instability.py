@@ -27,6 +27,7 @@ def planted_run(tmp_path_factory, model_cache):
     # the few batches where a planted record stands out.
     cfg["monitor"] = {"loss_z": 3.0, "grad_z": 3.0}
     cfg["logging"]["wandb"] = {"mode": "offline", "project": "bonsai-tests", "tags": ["planted"]}
+    cfg["logging"]["peak_tflops_per_device"] = 0.5  # a CPU has no known peak: set one so MFU is logged
     run_train(write_config(tmp / "c.yaml", cfg))
     report = subprocess.run([sys.executable, "-m", "bonsai.cli", "report", str(tmp / "run")], cwd=ROOT,
                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
@@ -61,6 +62,7 @@ def test_wandb_offline_run_holds_metrics_events_and_config(planted_run):
     assert config["train"]["max_steps"] == 200 and config["monitor"]["loss_z"] == 3.0
     rows = history(records)
     assert any("loss" in r and "loss/category/open_qa" in r and "loss/lang/en" in r for r in rows)
+    assert all(0 < json.loads(r["mfu"]) < 1 and json.loads(r["memory/max_rss_gb"]) > 0.1 for r in rows if "loss" in r)
     assert max(json.loads(r["train/step"]) for r in rows if "train/step" in r) == 200
     assert any(r.get("events/_type") == '"table-file"' for r in rows)
     tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/events_*.table.json"))

@@ -86,3 +86,19 @@ def test_clean_sample_has_no_contradictions_or_mismatches():
     records = [Record(**{k: r.get(k, "" if k == "input" else None) for k in fields}) for r in sample_records()]
     assert find_contradictions(records) == {}
     assert find_language_mismatches(records) == {}
+
+
+def test_flops_per_token_follows_the_documented_formula(tiny_dir):
+    import torch
+
+    from bonsai.config import ModelConfig
+    from bonsai.model import load_model
+    from bonsai.throughput import flops_per_token
+
+    full = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir)), torch.float32)
+    n = sum(p.numel() for p in full.parameters())
+    cfg = full.config
+    assert flops_per_token(full, 256) == 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * 256
+    lora = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir), finetune="lora"), torch.float32)
+    adapters = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert flops_per_token(lora, 256) == 6 * adapters + 4 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * 256

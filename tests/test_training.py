@@ -120,6 +120,9 @@ def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache
     assert sorted(after) == sorted(reference) == list(range(1, steps + 1))
     for step in reference:
         assert after[step] == reference[step], f"step {step}"  # bitwise: same weights, optimizer, RNG and data
+    # Both launches wrote to one W&B run.
+    runs = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "interrupted").glob("wandb/offline-run-*")}
+    assert len(list((tmp_path / "interrupted").glob("wandb/offline-run-*"))) == 2 and len(runs) == 1
 
 
 def test_lora_run_saves_full_adapter_and_equivalent_merged_model(tmp_path, model_cache):
