@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bonsai.config import ConfigError, load_config, to_yaml
+from bonsai.config import CATEGORIES, LANGUAGES, ConfigError, DecodeConfig, load_config, to_yaml
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +25,43 @@ def _parser() -> argparse.ArgumentParser:
         description="Writes RUN_DIR/report.png and RUN_DIR/report.json and prints a summary.",
     )
     report.add_argument("run_dir")
+
+    gen = sub.add_parser("generate", help="answer prompts with a trained model, using the training template",
+                         description="MODEL: a model dir (full, merged or exported), a LoRA adapter dir, or a hub id.")
+    gen.add_argument("model")
+    what = gen.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="the instruction")
+    what.add_argument("--file", help="JSONL of prompts in the record schema (output, if given, is the reference)")
+    gen.add_argument("--input", default="", help="context for --prompt")
+    gen.add_argument("--category", default="open_qa", choices=CATEGORIES)
+    gen.add_argument("--lang", choices=LANGUAGES, help="language of the answer (default: the prompt's script)")
+    gen.add_argument("--source-lang", choices=LANGUAGES, help="for --category translation")
+    _decode_arguments(gen)
+
+    ev = sub.add_parser("eval", help="compare models on the same records: loss, quality and repetition",
+                        description="Writes eval.json, eval_generations.jsonl and eval.png to --out.")
+    ev.add_argument("models", nargs="+")
+    ev.add_argument("--data", required=True, help="records to evaluate on (file, directory or glob)")
+    ev.add_argument("--out", default="eval", help="output directory (default: ./eval)")
+    ev.add_argument("--generate-limit", type=int, default=100, help="generate answers for the first N records")
+    _decode_arguments(ev)
     return parser
+
+
+def _decode_arguments(parser) -> None:
+    defaults = DecodeConfig()
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+
+
+def _decode_config(args) -> DecodeConfig:
+    return DecodeConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                        batch_size=args.batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "eval":
+        return _eval(args)
     raise AssertionError(args.command)
 
 
 def _train(args) -> int:
     from bonsai.checkpoint import CheckpointMismatch
     from bonsai.distributed import WorldSizeMismatch, launcher_world_size
+    from bonsai.records import BadRecord
     from bonsai.stream import DataSourceError
     from bonsai.trainer import DataError, TrainingUnstable, train
 
@@ -50,12 +91,58 @@ def _train(args) -> int:
             print(to_yaml(cfg), end="")
             return 0
         return train(cfg)
-    except (ConfigError, DataSourceError, DataError, CheckpointMismatch, WorldSizeMismatch) as err:
+    except (ConfigError, DataSourceError, DataError, BadRecord, CheckpointMismatch, WorldSizeMismatch) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
     except TrainingUnstable as err:
         print(f"bonsai: training stopped: {err}", file=sys.stderr)
         return 3
+
+
+def _generate(args) -> int:
+    import json
+
+    from bonsai.data_checks import script_language
+    from bonsai.generation import generate, generation_rows, load_probes
+    from bonsai.model import load_for_inference
+    from bonsai.records import BadRecord, Record
+
+    try:
+        decode = _decode_config(args)
+        if args.prompt is not None:
+            lang = args.lang or script_language(args.prompt) or "en"
+            records = [Record(id="prompt", instruction=args.prompt, input=args.input, output="",
+                              category=args.category, lang=lang, source_lang=args.source_lang)]
+            references = [None]
+        else:
+            probes = load_probes(args.file)
+            records, references = [p.record for p in probes], [p.reference for p in probes]
+    except (BadRecord, ValueError, OSError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    model, tokenizer = load_for_inference(args.model)
+    outputs = generate(model, tokenizer, records, decode)
+    if args.prompt is not None:
+        print(outputs[0])
+    else:
+        for row in generation_rows(records, outputs, references):
+            print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def _eval(args) -> int:
+    from pathlib import Path
+
+    from bonsai.compare import compare, table_text
+
+    try:
+        summary = compare(args.models, args.data, Path(args.out), _decode_config(args), args.generate_limit)
+    except (ValueError, OSError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    print(table_text(summary))
+    print(f"written: {Path(args.out) / 'eval.json'}, {Path(args.out) / 'eval.png'}")
+    return 0
 
 
 def _report(args) -> int:

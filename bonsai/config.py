@@ -150,10 +150,26 @@ class DistributedConfig(_Section):
     """Longest wait in any collective before the run fails instead of hanging."""
 
 
+class DecodeConfig(_Section):
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    """0 decodes greedily (reproducible probes)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, ge=1.0)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+
+
 class EvalConfig(_Section):
     every_steps: int = Field(0, ge=0)
     """Steps between eval-loss passes; 0 evaluates only at the end (if there is an eval split)."""
     max_batches: int | None = Field(None, ge=1)
+    probes: str | None = "default"
+    """A JSONL file of probe prompts (record schema; `output` is the reference and may be left out),
+    `default` for the shipped set (every category and language), or null for none."""
+    probe_every: int = Field(0, ge=0)
+    """Steps between probe generations; 0 generates only at the end."""
+    decode: DecodeConfig = DecodeConfig()
 
 
 class WandbConfig(_Section):
@@ -215,7 +231,8 @@ class BonsaiConfig(_Section):
 
 # --- loading -------------------------------------------------------------------------------------
 
-_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
+# Whole words at the end of a key: `hf_token`, `wandb_api_key`, `password`, but not `max_new_tokens`.
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key)$", re.IGNORECASE)
 REDACTED = "***redacted***"
 
 

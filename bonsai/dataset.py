@@ -14,8 +14,8 @@ from typing import Literal
 
 from bonsai.config import DataConfig
 from bonsai.packing import Document, Row, one_document_per_row, pack_documents
-from bonsai.records import BadRecord, in_eval_split, validate_record
-from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, write_jsonl_line
+from bonsai.records import BadRecord, Record, in_eval_split, validate_record
+from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard, write_jsonl_line
 from bonsai.template import encode_record
 
 Split = Literal["train", "eval"]
@@ -112,3 +112,15 @@ def describe_bad_records(messages: list[str]) -> str:
     shown = "\n".join(f"  {m}" for m in messages[:MAX_ERRORS_SHOWN])
     more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more" if len(messages) > MAX_ERRORS_SHOWN else ""
     return f"{len(messages)} bad record(s):\n{shown}{more}"
+
+
+def read_valid_records(path: str) -> list[Record]:
+    """Every valid record under `path`, in shard order; bad ones are left to the training scan to report."""
+    records = []
+    for shard in list_shards(path):
+        for where, payload in read_shard(shard):
+            try:
+                records.append(validate_record(parse_payload(payload, where), where))
+            except BadRecord:
+                continue
+    return records

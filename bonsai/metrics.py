@@ -17,7 +17,8 @@ from tqdm import tqdm
 class MetricsLogger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
     def log_config(self, config: dict) -> None: ...
-    def log_event(self, event: dict) -> None: ...
+    def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
+        """Rows of a kind (`events`, `generations`): each backend keeps them its own way."""
     def close(self) -> None: ...
 
 
@@ -56,8 +57,8 @@ class JsonlLogger:
     def log_config(self, config: dict) -> None:
         pass  # the resolved config is saved as config.yaml in the run dir
 
-    def log_event(self, event: dict) -> None:
-        pass  # events have their own file
+    def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
+        pass  # rows have their own files
 
     def rewind(self, step: int) -> None:
         """After a rollback to `step`, later rows will be trained and logged again."""
@@ -69,12 +70,12 @@ class JsonlLogger:
         self._file.close()
 
 
-class EventsFile:
-    """events.jsonl in the run dir: one line per instability event, with the records behind it."""
+class RowFiles:
+    """`<kind>.jsonl` in the run dir (events.jsonl, generations.jsonl): one JSON object per row."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._files: dict[str, object] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         pass
@@ -82,12 +83,18 @@ class EventsFile:
     def log_config(self, config: dict) -> None:
         pass
 
-    def log_event(self, event: dict) -> None:
-        self._file.write(json.dumps(event, ensure_ascii=False) + "\n")
-        self._file.flush()
+    def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
+        if kind not in self._files:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._files[kind] = (self.run_dir / f"{kind}.jsonl").open("a", encoding="utf-8")
+        f = self._files[kind]
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
 
     def close(self) -> None:
-        self._file.close()
+        for f in self._files.values():
+            f.close()
 
 
 class ConsoleLogger:
@@ -108,10 +115,17 @@ class ConsoleLogger:
     def log_config(self, config: dict) -> None:
         pass
 
-    def log_event(self, event: dict) -> None:
-        top = ", ".join(r["id"] for r in event["records"][:3])
-        self.bar.write(f"step {event['step']}: {event['kind']} ({event['statistic']} {event['value']}, "
-                       f"threshold {event['threshold']}) -> {event['action']}; top records: {top}", file=sys.stderr)
+    def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
+        if kind == "events":
+            for event in rows:
+                top = ", ".join(r["id"] for r in event["records"][:3])
+                self.bar.write(f"step {event['step']}: {event['kind']} ({event['statistic']} {event['value']}, "
+                               f"threshold {event['threshold']}) -> {event['action']}; top records: {top}",
+                               file=sys.stderr)
+        elif kind == "generations" and rows:
+            sample = rows[0]
+            self.bar.write(f"step {step}: {len(rows)} probe generations; {sample['id']}: {sample['output'][:60]!r}",
+                           file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()
@@ -129,9 +143,9 @@ class FanOut:
         for lg in self.loggers:
             lg.log_config(config)
 
-    def log_event(self, event: dict) -> None:
+    def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
         for lg in self.loggers:
-            lg.log_event(event)
+            lg.log_rows(kind, rows, step)
 
     def rewind(self, step: int) -> None:
         for lg in self.loggers:

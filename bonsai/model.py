@@ -91,3 +91,26 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def load_for_inference(path: str, trust_remote_code: bool = False):
+    """A saved model for generation: a full or merged model dir, a hub id, or a LoRA adapter dir (its
+    base is read from adapter_config.json). Returns (model, tokenizer) on the GPU when there is one."""
+    import json
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    cfg = ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code)
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(model, path)
+        tokenizer = load_tokenizer(path if (Path(path) / "tokenizer_config.json").exists() else base, cfg)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if trust_remote_code else True)
+        tokenizer = load_tokenizer(path, cfg)
+    return model.to(device).eval(), tokenizer

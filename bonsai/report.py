@@ -16,12 +16,12 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from bonsai.config import BonsaiConfig, load_config
+from bonsai.config import load_config
 from bonsai.data_checks import find_contradictions, find_language_mismatches
 from bonsai.metrics import read_metrics
 from bonsai.monitor import MAD_TO_SIGMA
-from bonsai.records import BadRecord, Record, validate_record
-from bonsai.stream import list_shards, parse_payload, read_shard
+from bonsai.dataset import read_valid_records
+from bonsai.records import Record
 
 SPIKE_WEIGHT = 2.0  # one spike batch counts as much as 2 sigma of excess loss
 FLAG_WEIGHT = 5.0  # a contradiction or a wrong language label is strong evidence on its own
@@ -43,17 +43,6 @@ def read_record_stats(run_dir: Path) -> dict[str, dict]:
             if rid not in merged or s["seen"] > merged[rid]["seen"]:
                 merged[rid] = s  # within an epoch a record is on one rank; keep the rank that saw it most
     return merged
-
-
-def read_records(cfg: BonsaiConfig) -> list[Record]:
-    records = []
-    for shard in list_shards(cfg.data.path):
-        for where, payload in read_shard(shard):
-            try:
-                records.append(validate_record(parse_payload(payload, where), where))
-            except BadRecord:
-                continue  # reported by the run's data scan (and in quarantine.jsonl under `skip`)
-    return records
 
 
 def score_records(records: list[Record], stats: dict[str, dict], events: list[dict]) -> list[dict]:
@@ -159,7 +148,7 @@ def write_report(run_dir: Path) -> dict:
     cfg = load_config(run_dir / "config.yaml")
     metrics, events = read_metrics(run_dir), read_events(run_dir)
     # A suspect is a record with a stated reason; the score only orders them.
-    suspects = [s for s in score_records(read_records(cfg), read_record_stats(run_dir), events) if s["why"]]
+    suspects = [s for s in score_records(read_valid_records(cfg.data.path), read_record_stats(run_dir), events) if s["why"]]
     report = {
         "run_dir": str(run_dir),
         "steps": max((m["step"] for m in metrics), default=0),

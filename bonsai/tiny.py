@@ -19,7 +19,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 from bonsai.config import TinyPhiConfig
-from bonsai.stream import list_shards, read_shard
+from bonsai.dataset import read_valid_records
+from bonsai.stream import list_shards
 from bonsai.template import render_prompt
 
 EOS = "<|endoftext|>"  # Phi-2's end-of-text token, so templates and stop rules are the same
@@ -35,19 +36,10 @@ def _cache_key(settings: TinyPhiConfig, shards: list[str], seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _corpus(shards: list[str]) -> Iterator[str]:
-    """Training text for the tokenizer: prompts as the template renders them, and outputs.
-    Lines that do not parse are left to the data scan to report; they teach the tokenizer nothing."""
-    from bonsai.records import BadRecord, validate_record
-    from bonsai.stream import parse_payload
-
-    for shard in shards:
-        for where, payload in read_shard(shard):
-            try:
-                record = validate_record(parse_payload(payload, where), where)
-            except BadRecord:
-                continue
-            yield render_prompt(record) + record.output
+def _corpus(data_path: str) -> Iterator[str]:
+    """Training text for the tokenizer: prompts as the template renders them, and outputs."""
+    for record in read_valid_records(data_path):
+        yield render_prompt(record) + record.output
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -71,7 +63,7 @@ def build_tiny_phi(settings: TinyPhiConfig, data_path: str, cache_dir: str | Pat
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(_corpus(shards), settings.vocab_size)
+    tokenizer = train_tokenizer(_corpus(data_path), settings.vocab_size)
     config = PhiConfig(
         vocab_size=settings.vocab_size,
         hidden_size=settings.hidden_size,

@@ -22,8 +22,9 @@ from bonsai.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, 
 from bonsai.config import BonsaiConfig, redact, save_resolved
 from bonsai.dataset import RankData, describe_bad_records, write_quarantine
 from bonsai.distributed import Dist, setup_distributed
+from bonsai.generation import Probe, average_by_category, generate, generation_rows, load_probes
 from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
-from bonsai.metrics import ConsoleLogger, EventsFile, FanOut, JsonlLogger, MetricsLogger
+from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, strongest_action
 from bonsai.model import count_parameters, load_model, load_tokenizer, resolve_checkpoint, save_final_model
 from bonsai.packing import Batch, Row, collate
@@ -148,6 +149,26 @@ def evaluate(dist: Dist, model, data: RankData, cfg: BonsaiConfig, pad_id: int) 
     return breakdown_metrics("eval/loss", dist.sum(sums).tolist())  # host sync: eval results are logged
 
 
+def run_probes(dist: Dist, model, tokenizer, probes: list[Probe], cfg: BonsaiConfig, step: int):
+    """Each rank generates its share of the probes at the same time, then one gather: no rank waits on
+    another's generation. Returns (rows, metrics averaged per category) on every rank."""
+    mine = probes[dist.rank :: dist.world_size]
+    records = [p.record for p in mine]
+    outputs = generate(dist.accelerator.unwrap_model(model), tokenizer, records, cfg.eval.decode) if mine else []
+    rows = generation_rows(records, outputs, [p.reference for p in mine], step)
+    rows = sorted((r for per_rank in dist.gather_objects(rows) for r in per_rank), key=lambda r: r["id"])
+    return rows, average_by_category(rows, "probe")
+
+
+def _probe(logger, dist: Dist, model, tokenizer, probes: list[Probe], cfg: BonsaiConfig, step: int) -> None:
+    if not probes:
+        return
+    rows, metrics = run_probes(dist, model, tokenizer, probes, cfg, step)
+    if logger:
+        logger.log_rows("generations", rows, step)
+        logger.log(metrics, step)
+
+
 def _scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run_dir: Path) -> dict[str, int]:
     """Check this rank's share once before training; fail (or quarantine) with every rank's findings."""
     report = data.scan()
@@ -191,7 +212,7 @@ def _build_optimizer(model, cfg: BonsaiConfig) -> torch.optim.Optimizer:
 def _loggers(cfg: BonsaiConfig, run_dir: Path, state: TrainerState, say) -> FanOut:
     loggers: list[MetricsLogger] = [
         JsonlLogger(run_dir / "metrics.jsonl", resume_step=state.step),
-        EventsFile(run_dir / "events.jsonl"),
+        RowFiles(run_dir),
         ConsoleLogger(cfg.train.max_steps, state.step, enabled=cfg.logging.progress_bar),
     ]
     if resolve_mode(cfg.logging.wandb) != "disabled":
@@ -239,6 +260,7 @@ def train(cfg: BonsaiConfig) -> int:
     tokenizer = load_tokenizer(checkpoint, cfg.model)
     data = RankData(cfg.data, tokenizer, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
     counts = _scan_data(dist, data, cfg, run_dir)
+    probes = load_probes(cfg.eval.probes) if cfg.eval.probes else []
     say(f"data: {counts['train_records']} train and {counts['eval_records']} eval records in {len(data.shards)} "
         f"shard(s), {counts['bad_records']} bad (quarantined), {counts['train_target_tokens']} response tokens/epoch")
 
@@ -302,9 +324,8 @@ def train(cfg: BonsaiConfig) -> int:
                 action = "skip"  # nothing to roll back to yet: at least keep this step out of the weights
                 for e in events:
                     e.action = "skip (no checkpoint yet)" if e.action == "rollback" else e.action
-            if logger:
-                for e in events:
-                    logger.log_event(e.to_dict())
+            if logger and events:
+                logger.log_rows("events", [e.to_dict() for e in events], state.step + 1)
             rows.position = taken[-1].resume
             if action == "rollback":
                 if state.rollbacks >= cfg.monitor.max_rollbacks:
@@ -354,11 +375,14 @@ def train(cfg: BonsaiConfig) -> int:
                 timed_tokens, timed_seconds = timed_tokens + stats.tokens, timed_seconds + elapsed
             if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < cfg.train.max_steps:
                 _log(logger, evaluate(dist, model, data, cfg, pad_id), state.step)
+            if cfg.eval.probe_every and state.step % cfg.eval.probe_every == 0 and state.step < cfg.train.max_steps:
+                _probe(logger, dist, model, tokenizer, probes, cfg, state.step)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 \
                     and state.step < cfg.train.max_steps:
                 checkpoint()
 
         _log(logger, evaluate(dist, model, data, cfg, pad_id), state.step)
+        _probe(logger, dist, model, tokenizer, probes, cfg, state.step)
         state.finished = True
         checkpoint()
         model_dir = run_dir / "model"

@@ -4,6 +4,7 @@ passes through Bonsai's config or logs."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from bonsai.config import WandbConfig
 
 RUN_ID_FILE = "wandb_run_id"
+GENERATION_COLUMNS = ["step", "id", "category", "lang", "prompt", "output", "reference", "metrics"]
 EVENT_COLUMNS = ["step", "kind", "severity", "statistic", "value", "threshold", "action", "top_records"]
 
 
@@ -55,6 +57,7 @@ class WandbLogger:
         self.run.define_metric("train/step")
         self.run.define_metric("*", step_metric="train/step")
         self._events: list[list] = []
+        self._generations: list[list] = []
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log({**metrics, "train/step": step})
@@ -62,7 +65,17 @@ class WandbLogger:
     def log_config(self, config: dict) -> None:
         self.run.config.update(config, allow_val_change=True)
 
-    def log_event(self, event: dict) -> None:
+    def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
+        if kind == "events":
+            for event in rows:
+                self._log_event(event)
+        elif kind == "generations":
+            self._generations += [[r["step"], r["id"], r["category"], r["lang"], r["prompt"], r["output"],
+                                   r["reference"] or "", json.dumps(r["metrics"])] for r in rows]
+            self.run.log({"probes": self._wandb.Table(columns=GENERATION_COLUMNS, data=self._generations),
+                          "train/step": step})
+
+    def _log_event(self, event: dict) -> None:
         value, threshold, severity = (_text(event[k]) for k in ("value", "threshold", "severity"))
         top = ", ".join(f"{r['id']} ({r['category']}/{r['lang']}, {r['loss']:.2f})" for r in event["records"][:5])
         # Text for the numbers: non-finite values arrive as "nan"/"inf", and a W&B column keeps one type.

@@ -91,8 +91,10 @@ def test_dotted_overrides(tmp_path):
 
 
 def test_secrets_are_redacted_when_saved(tmp_path):
-    assert redact({"wandb": {"api_key": "abc", "project": "p"}, "hf_token": "hf_x", "empty_token": None}) == {
-        "wandb": {"api_key": REDACTED, "project": "p"}, "hf_token": REDACTED, "empty_token": None}
+    assert redact({"wandb": {"api_key": "abc", "project": "p"}, "hf_token": "hf_x", "empty_token": None,
+                   "max_new_tokens": 96, "secret": "s"}) == {
+        "wandb": {"api_key": REDACTED, "project": "p"}, "hf_token": REDACTED, "empty_token": None,
+        "max_new_tokens": 96, "secret": REDACTED}
     cfg = _load(tmp_path, base_config(tmp_path / "run", tmp_path))
     save_resolved(cfg, tmp_path / "out" / "config.yaml")
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["train"]["lr"] == cfg.train.lr
@@ -109,3 +111,10 @@ def test_cli_dry_run_prints_resolved_config_and_errors_exit_2(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2
     assert "train.max_steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_saved_config_of_every_shipped_config_loads_back(tmp_path):
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        save_resolved(cfg, tmp_path / path.name)
+        assert load_config(tmp_path / path.name) == cfg, path.name

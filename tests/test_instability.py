@@ -26,6 +26,7 @@ def planted_run(tmp_path_factory, model_cache):
     # Four rows a step make a noisy loss; thresholds lower than the production default of 6 find
     # the few batches where a planted record stands out.
     cfg["monitor"] = {"loss_z": 3.0, "grad_z": 3.0}
+    cfg["eval"] = {"probe_every": 100, "decode": {"max_new_tokens": 24}}
     cfg["logging"]["wandb"] = {"mode": "offline", "project": "bonsai-tests", "tags": ["planted"]}
     cfg["logging"]["peak_tflops_per_device"] = 0.5  # a CPU has no known peak: set one so MFU is logged
     run_train(write_config(tmp / "c.yaml", cfg))
@@ -115,3 +116,20 @@ def test_rollback_resumes_from_checkpoint_past_the_bad_window_and_is_capped(tmp_
     # Training went back to the checkpoint's step but not to its data: it continued after the event's rows.
     assert (resumed["data/epoch"], resumed["data/taken"]) > (first["data_positions"][0]["epoch"],
                                                             first["data_positions"][0]["taken"])
+
+
+def test_probes_are_generated_during_training_and_logged(planted_run):
+    from bonsai.generation import load_probes
+
+    run_dir, _, _ = planted_run
+    rows = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
+    probes = load_probes("default")
+    assert sorted({r["step"] for r in rows}) == [100, 200] and len(rows) == 2 * len(probes)
+    for r in rows:
+        assert r["prompt"].startswith("### Category: ") and r["prompt"].endswith("### Response:\n")
+        assert {"repeated_3gram_ratio", "distinct_1", "distinct_2", "longest_repeated_span"} <= set(r["metrics"])
+    assert any("chrf" in r["metrics"] for r in rows) and any("exact" in r["metrics"] for r in rows)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("probe/repeated_3gram_ratio/category/translation" in m and m["step"] == 200 for m in metrics)
+    tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/probes_*.table.json"))
+    assert max(len(json.loads(t.read_text())["data"]) for t in tables) == 2 * len(probes)

@@ -4,13 +4,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, LAUNCH_TIMEOUT_S, base_config, losses, run_train, subprocess_env, train_command, write_config
+from conftest import ROOT, SAMPLE, LAUNCH_TIMEOUT_S, base_config, losses, run_train, subprocess_env, train_command, write_config
 
 INVARIANCE_STEPS = 8
 
@@ -151,3 +152,23 @@ def test_lora_run_saves_full_adapter_and_equivalent_merged_model(tmp_path, model
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, rtol=1e-4, atol=1e-4)
     assert len(summary["model_dirs"]) == 2
+
+    # `bonsai generate` answers the same from the adapter dir and from the merged model (greedy).
+    prompt = ["--file", str(ROOT / "bonsai" / "probes" / "default.jsonl"), "--max-new-tokens", "16"]
+    answers = [subprocess.run([sys.executable, "-m", "bonsai.cli", "generate", str(tmp_path / "lora" / d), *prompt],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env())
+               for d in ("model", "model-merged")]
+    assert all(a.returncode == 0 for a in answers), answers[0].stderr[-2000:]
+    assert answers[0].stdout == answers[1].stdout and len(answers[0].stdout.splitlines()) == 25
+
+    # `bonsai eval` puts the untrained base and the fine-tune side by side on the training records.
+    out = tmp_path / "eval"
+    ev = subprocess.run([sys.executable, "-m", "bonsai.cli", "eval", base_path, str(tmp_path / "lora" / "model-merged"),
+                         "--data", str(SAMPLE), "--out", str(out), "--generate-limit", "12", "--max-new-tokens", "12"],
+                        capture_output=True, text=True, timeout=240, cwd=ROOT, env=subprocess_env())
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    table = json.loads((out / "eval.json").read_text())
+    base_metrics, tuned_metrics = (m["metrics"] for m in table["models"])
+    assert tuned_metrics["loss"] < base_metrics["loss"]
+    assert {"loss/category/translation", "loss/lang/ja", "gen/repeated_3gram_ratio"} <= set(tuned_metrics)
+    assert (out / "eval.png").stat().st_size > 10_000 and "loss/category/translation" in ev.stdout

@@ -1,0 +1,94 @@
+"""`bonsai eval MODEL... --data PATH`: the same records through several models (checkpoints, exports,
+adapters), side by side: loss per category and language, and generation quality and repetition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from bonsai.config import DecodeConfig
+from bonsai.dataset import read_valid_records
+from bonsai.generation import average_by_category, generate, generation_rows
+from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
+from bonsai.model import load_for_inference
+from bonsai.packing import Document, Row, collate
+from bonsai.records import Record, Where
+from bonsai.stream import StreamPosition
+from bonsai.template import encode_record
+
+
+@torch.no_grad()
+def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int) -> dict[str, float]:
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=device)
+    docs = [Document(r, encode_record(tokenizer, r), Where("eval", i), StreamPosition(0, i)) for i, r in enumerate(records)]
+    for start in range(0, len(docs), batch_size):
+        batch = collate([Row([d]) for d in docs[start : start + batch_size]], tokenizer.pad_token_id).to(device)
+        out = forward_loss(model, batch)
+        sums += breakdown_sums(batch.records, out.record_loss_sum, out.record_tokens)
+    return breakdown_metrics("loss", sums.tolist())
+
+
+def evaluate_model(path: str, records: list[Record], decode: DecodeConfig, generate_limit: int) -> dict:
+    model, tokenizer = load_for_inference(path)
+    metrics = loss_breakdown(model, tokenizer, records, decode.batch_size)
+    sample = records[:generate_limit]
+    outputs = generate(model, tokenizer, sample, decode)
+    rows = generation_rows(sample, outputs, [r.output for r in sample])
+    metrics.update(average_by_category(rows, "gen"))
+    return {"model": path, "metrics": metrics, "generations": rows}
+
+
+def compare(models: list[str], data: str, out_dir: Path, decode: DecodeConfig, generate_limit: int) -> dict:
+    records = read_valid_records(data)
+    if not records:
+        raise ValueError(f"--data {data}: no valid records")
+    results = [evaluate_model(m, records, decode, generate_limit) for m in models]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"data": data, "records": len(records), "generated": min(generate_limit, len(records)),
+               "models": [{"model": r["model"], "metrics": r["metrics"]} for r in results]}
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    with (out_dir / "eval_generations.jsonl").open("w", encoding="utf-8") as f:
+        for r in results:
+            for row in r["generations"]:
+                f.write(json.dumps({"model": r["model"], **row}, ensure_ascii=False) + "\n")
+    _plot(summary, out_dir / "eval.png")
+    return summary
+
+
+def table_text(summary: dict) -> str:
+    names = [Path(m["model"]).name or m["model"] for m in summary["models"]]
+    keys = sorted({k for m in summary["models"] for k in m["metrics"]},
+                  key=lambda k: (k.split("/")[0], k.count("/"), k))
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'metric':<{width}}" + "".join(f"{n[:18]:>20}" for n in names)]
+    for key in keys:
+        values = [m["metrics"].get(key) for m in summary["models"]]
+        lines.append(f"{key:<{width}}" + "".join(f"{v:>20.4f}" if v is not None else f"{'-':>20}" for v in values))
+    return "\n".join(lines)
+
+
+def _plot(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss/category/", "loss per category"), ("loss/lang/", "loss per language"),
+              ("gen/repeated_3gram_ratio/category/", "repeated 3-gram ratio per category")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
+    n = len(summary["models"])
+    for ax, (prefix, title) in zip(axes, panels):
+        keys = sorted({k for m in summary["models"] for k in m["metrics"] if k.startswith(prefix)})
+        for i, m in enumerate(summary["models"]):
+            xs = [j + i / (n + 1) for j in range(len(keys))]
+            ax.bar(xs, [m["metrics"].get(k, 0) for k in keys], width=1 / (n + 1), label=Path(m["model"]).name)
+        ax.set_xticks([j + (n - 1) / (2 * (n + 1)) for j in range(len(keys))])
+        ax.set_xticklabels([k.removeprefix(prefix) for k in keys], rotation=45, ha="right", fontsize=8)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

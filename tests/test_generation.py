@@ -1,0 +1,92 @@
+"""Generation uses the training template byte for byte; repetition and quality metrics on crafted text."""
+
+import json
+
+import pytest
+import torch
+
+from bonsai.config import CATEGORIES, LANGUAGES, DecodeConfig
+from bonsai.generation import cut_at_stop, generate, load_probes, prompt_batch
+from bonsai.records import BadRecord, Record
+from bonsai.template import encode_record, render_prompt
+from bonsai.textmetrics import longest_repeated_span, quality_metrics, repetition_metrics, units
+
+
+def test_generation_prompt_is_the_training_prompt_byte_for_byte(tokenizer):
+    probes = load_probes("default")
+    records = [p.record for p in probes]
+    ids, mask = prompt_batch(tokenizer, records, "cpu")
+    for row, row_mask, record in zip(ids, mask, records):
+        prompt = row[row_mask.bool()].tolist()
+        training = encode_record(tokenizer, Record(**{**record.__dict__, "output": "x"}))
+        first_target = training.labels.index(next(t for t in training.labels if t != -100))
+        assert prompt == training.input_ids[:first_target]
+        assert tokenizer.decode(prompt) == render_prompt(record)
+        assert row_mask[: len(row) - len(prompt)].sum() == 0  # left padding only
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    records = [p.record for p in load_probes("default")][:10]
+    batched = generate(model, tokenizer, records, DecodeConfig(max_new_tokens=12, batch_size=5))
+    single = generate(model, tokenizer, records, DecodeConfig(max_new_tokens=12, batch_size=1))
+    assert batched == single and all(isinstance(o, str) for o in batched)
+
+
+def test_default_probes_cover_every_category_and_language():
+    probes = load_probes("default")
+    assert {p.record.category for p in probes} == set(CATEGORIES)
+    assert {p.record.lang for p in probes} == set(LANGUAGES)
+    ids = {p.record.id for p in probes}
+    assert {"probe-mountain-ja", "probe-translate-ja2en", "probe-translate-en2ja", "probe-capital-fr-en"} <= ids
+    assert all(p.reference for p in probes if p.record.category in ("closed_qa", "classification", "translation"))
+
+
+def test_bad_probe_file_names_line_and_field(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "instruction": "Hi", "category": "open_qa", "lang": "en"}) + "\n"
+                    + json.dumps({"id": "b", "instruction": "Hi", "category": "chat", "lang": "en"}) + "\n")
+    with pytest.raises(BadRecord, match=r"p.jsonl:2: field 'category'"):
+        load_probes(path)
+
+
+def test_units_split_cjk_by_character_and_latin_by_word():
+    assert units("富士山です。") == ["富", "士", "山", "で", "す", "。"]
+    assert units("Mount Fuji, 3776 m") == ["Mount", "Fuji,", "3776", "m"]
+    assert units("東京 is big") == ["東", "京", "is", "big"]
+
+
+def test_repetition_metrics_on_crafted_strings():
+    clean = repetition_metrics("the quick brown fox jumps over the lazy dog")
+    assert clean["repeated_3gram_ratio"] == 0.0 and clean["distinct_2"] == 1.0
+    assert clean["longest_repeated_span"] == 1.0  # "the"
+    looping = repetition_metrics("I like tea. I like tea. I like tea. I like tea.")
+    # 10 trigrams, 3 distinct ("I like tea.", "like tea. I", "tea. I like")
+    assert looping["repeated_3gram_ratio"] == pytest.approx(0.7)
+    assert looping["distinct_1"] == pytest.approx(3 / 12)
+    assert looping["longest_repeated_span"] == 6.0  # two non-overlapping copies of "I like tea." x2
+    assert repetition_metrics("") == {"repeated_3gram_ratio": 0.0, "distinct_1": 1.0, "distinct_2": 1.0,
+                                      "longest_repeated_span": 0.0, "length": 0.0}
+    ja = repetition_metrics("山山山山山山")
+    assert ja["distinct_1"] == pytest.approx(1 / 6) and ja["longest_repeated_span"] == 3.0
+
+
+def test_longest_repeated_span_does_not_count_overlap():
+    assert longest_repeated_span(list("abcabc")) == 3
+    assert longest_repeated_span(list("aaaa")) == 2
+    assert longest_repeated_span(list("abcd")) == 0
+
+
+def test_quality_metrics():
+    assert quality_metrics("classification", "Positive", "positive") == {"exact": 1.0, "contains": 1.0}
+    assert quality_metrics("open_qa", "The capital is Paris.", "Paris") == {"exact": 0.0, "contains": 1.0}
+    perfect = quality_metrics("translation", "Good morning.", "Good morning.")["chrf"]
+    partial = quality_metrics("translation", "Good evening.", "Good morning.")["chrf"]
+    assert perfect == pytest.approx(100.0) and 0 < partial < perfect
+    assert quality_metrics("creative", "a poem", None) == {}
+
+
+def test_generation_stops_at_the_templates_next_section():
+    assert cut_at_stop("Tokyo.\n### Category: open_qa\n### Instruction:") == "Tokyo."
