@@ -45,6 +45,37 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="eval", help="output directory (default: ./eval)")
     ev.add_argument("--generate-limit", type=int, default=100, help="generate answers for the first N records")
     _decode_arguments(ev)
+
+    data = sub.add_parser("data", help="dataset tools: audit, convert, shard, publish")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    audit = dsub.add_parser("audit", help="find bad, duplicated, contradictory and mislabelled records",
+                            description="Prints a table, writes audit.json and audit.png to --out; exits 1 when a "
+                                        "finding reaches --fail-on.")
+    audit.add_argument("paths", nargs="+")
+    audit.add_argument("--out", default="audit")
+    audit.add_argument("--tokenizer", help="a model or tokenizer dir: check token lengths with the template")
+    audit.add_argument("--max-length", type=int, help="tokens; longer records are errors (needs --tokenizer)")
+    audit.add_argument("--min-output-units", type=int, default=2)
+    audit.add_argument("--fail-on", choices=["error", "warning", "never"], default="error")
+    conv = dsub.add_parser("convert", help="Alpaca or Dolly (JSON, JSONL, Parquet) into Bonsai's schema")
+    conv.add_argument("paths", nargs="+")
+    conv.add_argument("--format", required=True, choices=["alpaca", "dolly"])
+    conv.add_argument("--out", required=True, help="JSONL file to write")
+    conv.add_argument("--category", choices=CATEGORIES, help="for records without one (Alpaca)")
+    conv.add_argument("--category-map", nargs="*", default=[], metavar="SOURCE=BONSAI")
+    conv.add_argument("--lang", choices=LANGUAGES, help="default: detected from the output's script")
+    conv.add_argument("--id-prefix", default="rec")
+    sh = dsub.add_parser("shard", help="balanced shards plus a manifest (counts, sha256) for shared storage")
+    sh.add_argument("paths", nargs="+")
+    sh.add_argument("--out", required=True)
+    sh.add_argument("--shards", type=int, required=True)
+    sh.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    pub = dsub.add_parser("publish", help="a directory datasets.load_dataset() loads, with a dataset card")
+    pub.add_argument("path")
+    pub.add_argument("--out", required=True)
+    pub.add_argument("--name", default="bonsai-sft")
+    pub.add_argument("--license", default="cc-by-4.0")
+    pub.add_argument("--push-to-hub", metavar="REPO_ID", help="also push (needs HF_TOKEN and the network)")
     return parser
 
 
@@ -74,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "data":
+        return _data(args)
     raise AssertionError(args.command)
 
 
@@ -142,6 +175,44 @@ def _eval(args) -> int:
         return 2
     print(table_text(summary))
     print(f"written: {Path(args.out) / 'eval.json'}, {Path(args.out) / 'eval.png'}")
+    return 0
+
+
+def _data(args) -> int:
+    from pathlib import Path
+
+    from bonsai import audit, datatools
+    from bonsai.stream import DataSourceError
+
+    try:
+        if args.data_command == "audit":
+            tokenizer = None
+            if args.tokenizer:
+                from bonsai.config import ModelConfig
+                from bonsai.model import load_tokenizer
+
+                tokenizer = load_tokenizer(args.tokenizer, ModelConfig(name_or_path=args.tokenizer))
+            report = audit.audit(args.paths, tokenizer, args.max_length, args.min_output_units)
+            audit.write_outputs(report, Path(args.out))
+            print(audit.summary_text(report))
+            print(f"written: {Path(args.out) / 'audit.json'}, {Path(args.out) / 'audit.png'}")
+            worst = report.worst()
+            return 1 if worst and audit.SEVERITY_RANK[worst] >= audit.SEVERITY_RANK[args.fail_on] else 0
+        if args.data_command == "convert":
+            mapping = dict(item.split("=", 1) for item in args.category_map)
+            bad = {k: v for k, v in mapping.items() if v not in CATEGORIES}
+            if bad:
+                raise datatools.ConvertError(f"--category-map: {bad} maps to no Bonsai category ({', '.join(CATEGORIES)})")
+            n = datatools.convert(args.paths, Path(args.out), args.format, mapping, args.category, args.lang, args.id_prefix)
+            print(f"converted {n} records into {args.out}")
+        elif args.data_command == "shard":
+            manifest = datatools.shard(args.paths, Path(args.out), args.shards, args.format)
+            print(f"{manifest['records']} records in {len(manifest['shards'])} shards under {args.out} (manifest.json)")
+        elif args.data_command == "publish":
+            print(datatools.publish(args.path, Path(args.out), args.name, args.license, args.push_to_hub))
+    except (datatools.ConvertError, DataSourceError, ValueError, OSError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from bonsai.config import DataConfig
+from bonsai.datatools import verify_manifest
 from bonsai.packing import Document, Row, one_document_per_row, pack_documents
 from bonsai.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard, write_jsonl_line
@@ -39,6 +40,7 @@ class RankData:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shards = list_shards(cfg.path)
+        verify_manifest(cfg.path, self.shards)
         self.skipped = 0
 
     def _prepare(self, position: StreamPosition, where, payload) -> tuple[Split, Document]:

@@ -19,6 +19,7 @@ import fsspec
 from bonsai.records import Where, parse_json_line
 
 SHARD_SUFFIXES = (".jsonl", ".json", ".parquet")
+MANIFEST_NAME = "manifest.json"  # written by `bonsai data shard`; describes the shards, is not one
 
 
 class DataSourceError(ValueError):
@@ -54,7 +55,7 @@ def list_shards(path: str) -> list[str]:
     if _glob.has_magic(root):
         found = [p for p in fs.glob(root) if fs.isfile(p)]
     elif fs.isdir(root):
-        found = [p for p in fs.find(root) if p.endswith(SHARD_SUFFIXES)]
+        found = [p for p in fs.find(root) if p.endswith(SHARD_SUFFIXES) and p.rsplit("/", 1)[-1] != MANIFEST_NAME]
     elif fs.isfile(root):
         found = [root]
     else:
