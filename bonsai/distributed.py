@@ -17,6 +17,11 @@ class WorldSizeMismatch(RuntimeError):
     pass
 
 
+def launched_with_deepspeed() -> bool:
+    """`accelerate launch` with a DeepSpeed config says so in the environment of every process."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def launcher_world_size() -> int:
     """What the launcher (accelerate launch, torchrun, srun) promised; 1 when run directly."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,6 +51,10 @@ class Dist:
         return self.accelerator.is_main_process
 
     @property
+    def is_deepspeed(self) -> bool:
+        return self.accelerator.state.deepspeed_plugin is not None
+
+    @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
@@ -73,15 +82,21 @@ class Dist:
         self.accelerator.wait_for_everyone()
 
 
-def setup_distributed(cfg: BonsaiConfig) -> Dist:
-    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.distributed.timeout_s))]
+def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
+    deepspeed = launched_with_deepspeed()
+    group = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
+    if deepspeed and not torch.cuda.is_available():
+        # Without CUDA, Accelerate + DeepSpeed otherwise starts every rank as rank 0 of 1 (see below).
+        # Plain DDP on CPU must not get this kwarg: it then fails to initialise the process group.
+        group["backend"] = "gloo"
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=not torch.cuda.is_available() and not deepspeed,
         mixed_precision=resolve_precision(cfg.train.precision),
-        kwargs_handlers=handlers,
+        kwargs_handlers=[InitProcessGroupKwargs(**group)],
         # Bonsai steps the scheduler once per optimizer step itself; Accelerate would otherwise step it
         # once per process, and the LR curve would depend on the world size.
         step_scheduler_with_optimizer=False,
+        gradient_accumulation_steps=accumulation,
     )
     dist = Dist(accelerator)
     expected = launcher_world_size()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,24 +73,50 @@ def wrap_lora(model, cfg: ModelConfig):
     return model
 
 
-def save_final_model(model, tokenizer, cfg: ModelConfig, out: Path, save_fn) -> list[Path]:
-    """save_pretrained (safetensors) of the unwrapped model; for LoRA the adapter, and a merged model on request.
-    `save_fn` is the Accelerator's save (it knows which rank writes). Returns the directories written."""
+@contextmanager
+def _zero3_init_off():
+    """Under ZeRO-3, transformers builds every model partitioned across ranks, a collective. The merge
+    runs on rank 0 alone, so it must load the base as a plain model."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers has set/unset for it, but no getter
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def save_final_model(model, tokenizer, cfg: ModelConfig, out: Path, state_dict: dict, base_checkpoint: str,
+                     weights_dtype: torch.dtype) -> list[Path]:
+    """save_pretrained (safetensors) from a full state dict (`Accelerator.get_state_dict`, which gathers
+    ZeRO-3 partitions); for LoRA the adapter, and on request a merged model built from the saved adapter
+    on a freshly loaded base, which is the same under every sharding strategy. Returns the dirs written."""
     written = [out]
-    model.save_pretrained(out, safe_serialization=True, save_function=save_fn)
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if cfg.finetune == "lora" and cfg.merge_lora_on_save:
+        from peft import PeftModel
+
         merged_dir = out.parent / f"{out.name}-merged"
-        merged = model.merge_and_unload()
-        merged.save_pretrained(merged_dir, safe_serialization=True, save_function=save_fn)
+        with _zero3_init_off():
+            base = AutoModelForCausalLM.from_pretrained(base_checkpoint, revision=cfg.revision, dtype=weights_dtype,
+                                                        trust_remote_code=cfg.trust_remote_code)
+        merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+        merged.save_pretrained(merged_dir, safe_serialization=True)
         tokenizer.save_pretrained(merged_dir)
         written.append(merged_dir)
     return written
 
 
+def numel(p: torch.Tensor) -> int:
+    """A parameter's full size; under ZeRO-3 the local tensor is an empty placeholder."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 def count_parameters(model) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return total, trainable
 
 

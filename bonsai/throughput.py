@@ -13,6 +13,8 @@ import sys
 
 import torch
 
+from bonsai.model import count_parameters
+
 # Dense bf16 peak TFLOP/s (vendor figures, without sparsity).
 KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
@@ -20,9 +22,8 @@ KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
 def flops_per_token(model, row_length: int) -> float:
     inner = getattr(model, "module", model)
     config = inner.config
-    trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in inner.parameters() if not p.requires_grad)
-    return 6 * trainable + 4 * frozen + 12 * config.num_hidden_layers * config.hidden_size * row_length
+    total, trainable = count_parameters(inner)
+    return 6 * trainable + 4 * (total - trainable) + 12 * config.num_hidden_layers * config.hidden_size * row_length
 
 
 def peak_flops_per_device(configured_tflops: float | None) -> float | None:

@@ -81,8 +81,11 @@ def build_tiny_phi(settings: TinyPhiConfig, data_path: str, cache_dir: str | Pat
         pad_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = PhiForCausalLM(config)
+    # A private RNG stream: building the cache must not change the run's random state (LoRA init,
+    # shuffling), or a run would differ depending on whether the cache already existed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PhiForCausalLM(config)
     # Build beside the target and rename: ranks racing here, or a crash, never leave half a model.
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-phi-"))
     try:

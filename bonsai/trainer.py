@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +19,10 @@ from accelerate.utils import set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from bonsai.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from bonsai.config import BonsaiConfig, redact, save_resolved
+from bonsai.config import BonsaiConfig, ConfigError, redact, save_resolved
+from bonsai.deepspeed_config import fill_deepspeed_config
 from bonsai.dataset import RankData, describe_bad_records, write_quarantine
-from bonsai.distributed import Dist, setup_distributed
+from bonsai.distributed import Dist, launcher_world_size, setup_distributed
 from bonsai.generation import Probe, average_by_category, generate, generation_rows, load_probes
 from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
 from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
@@ -69,13 +70,15 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
     target_tokens, tokens, stops = (int(v) for v in totals.tolist())
     if stops:
         return StepStats(torch.zeros(()), torch.zeros(()), target_tokens, tokens, stop_requested=True)
-    # DDP (and ZeRO) average gradients over ranks; scaling by world size turns that average into the sum.
-    scale = dist.world_size / target_tokens
+    # DDP and ZeRO average gradients over ranks, and Accelerate (DDP) or DeepSpeed divide every
+    # micro-batch's loss by the accumulation steps: scaling by both turns that into the plain sum.
+    scale = dist.world_size * len(micro_batches) / target_tokens
     loss_sum = torch.zeros((), device=dist.device)
     records, record_loss, record_tokens = [], [], []
-    for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        with nullcontext() if last else accelerator.no_sync(model):
+    for batch in micro_batches:
+        # `accumulate` skips the gradient all-reduce until the last micro-batch (DDP) or marks the
+        # boundary where the DeepSpeed engine reduces, clips and steps.
+        with accelerator.accumulate(model):
             out = forward_loss(model, batch.to(dist.device))
             accelerator.backward(out.loss_sum * scale)
         loss_sum += out.loss_sum.detach()
@@ -83,6 +86,8 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
         record_loss.append(out.record_loss_sum)
         record_tokens.append(out.record_tokens)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    # DeepSpeed clips inside its step and reports the norm as a float (None before any step).
+    grad_norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=dist.device)
     return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, False, records,
                      torch.cat(record_loss), torch.cat(record_tokens))
 
@@ -246,18 +251,31 @@ def _monitor_step(dist: Dist, detector: SpikeDetector, tracker: RecordLossTracke
     return events
 
 
+def _configure_deepspeed(dist: Dist, cfg: BonsaiConfig, accumulation: int) -> None:
+    plugin = dist.accelerator.state.deepspeed_plugin
+    fill_deepspeed_config(plugin.deepspeed_config, cfg, accumulation, dist.world_size,
+                          dist.accelerator.mixed_precision,
+                          source=os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the DeepSpeed config"))
+    skips = [k for k in ("on_loss_spike", "on_grad_spike", "on_nonfinite") if getattr(cfg.monitor, k) == "skip"]
+    if cfg.monitor.enabled and skips:
+        # The DeepSpeed engine reduces, clips and steps inside the last backward: there is no point
+        # between gradients and update where Bonsai could drop the step.
+        raise ConfigError(f"monitor.{skips[0]}=skip is not available under DeepSpeed (the engine applies the update "
+                          f"inside backward); use rollback or warn, e.g. monitor.{skips[0]}=rollback")
+
+
 def train(cfg: BonsaiConfig) -> int:
     """Returns the process exit code: 0 done, EXIT_PREEMPTED stopped by a signal after checkpointing."""
     started = time.perf_counter()
-    dist = setup_distributed(cfg)
-    accumulation = cfg.check_world_size(dist.world_size)
+    accumulation = cfg.check_world_size(launcher_world_size())
+    dist = setup_distributed(cfg, accumulation)
     run_dir = Path(cfg.train.output_dir)
     say = dist.accelerator.print
     set_seed(cfg.train.seed)
 
     with dist.accelerator.main_process_first():
-        checkpoint = resolve_checkpoint(cfg)
-    tokenizer = load_tokenizer(checkpoint, cfg.model)
+        model_source = resolve_checkpoint(cfg)
+    tokenizer = load_tokenizer(model_source, cfg.model)
     data = RankData(cfg.data, tokenizer, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
     counts = _scan_data(dist, data, cfg, run_dir)
     probes = load_probes(cfg.eval.probes) if cfg.eval.probes else []
@@ -267,10 +285,13 @@ def train(cfg: BonsaiConfig) -> int:
     weights_dtype = torch.float32
     if cfg.model.finetune == "lora" and dist.accelerator.mixed_precision == "bf16":
         weights_dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
-    model = load_model(checkpoint, cfg.model, weights_dtype)
+    set_seed(cfg.train.seed)  # again: whatever ran since (building a cache, the data scan) must not matter
+    model = load_model(model_source, cfg.model, weights_dtype)
     total, trainable = count_parameters(model)
-    say(f"model: {checkpoint} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
+    say(f"model: {model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
         f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation {accumulation}")
+    if dist.is_deepspeed:
+        _configure_deepspeed(dist, cfg, accumulation)
     optimizer = _build_optimizer(model, cfg)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, cfg.train.num_warmup_steps, cfg.train.max_steps, min_lr_rate=cfg.train.min_lr_ratio
@@ -321,6 +342,9 @@ def train(cfg: BonsaiConfig) -> int:
             action = strongest_action(events)
             rollback_to = latest_checkpoint(run_dir) if action == "rollback" else None
             if action == "rollback" and rollback_to is None:
+                if dist.is_deepspeed:  # the engine already applied the update; nothing to go back to
+                    raise TrainingUnstable(f"step {state.step + 1}: {events[0].kind} before the first checkpoint; "
+                                           f"nothing to roll back to under DeepSpeed")
                 action = "skip"  # nothing to roll back to yet: at least keep this step out of the weights
                 for e in events:
                     e.action = "skip (no checkpoint yet)" if e.action == "rollback" else e.action
@@ -387,8 +411,9 @@ def train(cfg: BonsaiConfig) -> int:
         checkpoint()
         model_dir = run_dir / "model"
         unwrapped = dist.accelerator.unwrap_model(model)
-        written = save_final_model(unwrapped, tokenizer, cfg.model, model_dir, dist.accelerator.save) \
-            if dist.is_main else []
+        state_dict = dist.accelerator.get_state_dict(model)  # a collective under ZeRO-3: every rank gathers
+        written = save_final_model(unwrapped, tokenizer, cfg.model, model_dir, state_dict, model_source,
+                                   weights_dtype) if dist.is_main else []
         dist.barrier()
         summary = {
             "steps": state.step,

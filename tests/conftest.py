@@ -82,14 +82,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(config: Path, overrides: list[str] = (), nproc: int = 1) -> list[str]:
-    """`bonsai train` as a user runs it: directly for one process, under `accelerate launch` for more."""
-    if nproc == 1:
+def train_command(config: Path, overrides: list[str] = (), nproc: int = 1, launch: str | None = None) -> list[str]:
+    """`bonsai train` as a user runs it: directly for one process, under `accelerate launch` for more
+    (with one of the shipped launch/ configs when `launch` names it, e.g. "zero3")."""
+    if nproc == 1 and launch is None:
         return [sys.executable, "-m", "bonsai.cli", "train", str(config), *overrides]
+    how = ["--config_file", str(ROOT / "launch" / f"{launch}.yaml")] if launch else ["--multi_gpu", "--num_machines", "1"]
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        sys.executable, "-m", "accelerate.commands.launch", *how,
+        "--num_processes", str(nproc), "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
         "-m", "bonsai.cli", "train", str(config), *overrides,
     ]  # fmt: skip
 
@@ -100,9 +102,10 @@ def subprocess_env() -> dict:
     return env
 
 
-def run_train(config: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+def run_train(config: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True,
+              launch: str | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        train_command(config, overrides, nproc),
+        train_command(config, overrides, nproc, launch),
         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )  # fmt: skip
     if check and proc.returncode != 0:

@@ -172,3 +172,19 @@ def test_lora_run_saves_full_adapter_and_equivalent_merged_model(tmp_path, model
     assert tuned_metrics["loss"] < base_metrics["loss"]
     assert {"loss/category/translation", "loss/lang/ja", "gen/repeated_3gram_ratio"} <= set(tuned_metrics)
     assert (out / "eval.png").stat().st_size > 10_000 and "loss/category/translation" in ev.stdout
+
+
+def test_results_do_not_depend_on_whether_the_model_cache_existed(tmp_path):
+    """Building tiny-phi must not consume the run's random state (it once shifted LoRA's init)."""
+    cache = tmp_path / "fresh-cache"
+    runs = []
+    for name in ("cold", "warm"):
+        cfg = base_config(tmp_path / name, cache)
+        cfg["model"].update(finetune="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+        cfg["train"].update(max_steps=3, warmup_steps=0, lr=1e-2)
+        cfg["eval"] = {"probes": None}
+        cfg["logging"]["wandb"] = {"mode": "disabled"}
+        run_train(write_config(tmp_path / f"{name}.yaml", cfg))
+        runs.append(losses(tmp_path / name))
+    assert len(list(cache.glob("tiny-phi-*"))) == 1
+    assert runs[0] == runs[1]
