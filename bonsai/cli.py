@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--generate-limit", type=int, default=100, help="generate answers for the first N records")
     _decode_arguments(ev)
 
+    exp = sub.add_parser("export", help="a checkpoint (ZeRO shards included) as a Hugging Face model dir",
+                         description="Writes DIR (safetensors); for LoRA the adapter in DIR and a merged model in "
+                                     "DIR-merged.")
+    exp.add_argument("checkpoint", help="RUN_DIR/checkpoints/step_NNNNNNNN")
+    exp.add_argument("--out", required=True)
+
     data = sub.add_parser("data", help="dataset tools: audit, convert, shard, publish")
     dsub = data.add_subparsers(dest="data_command", required=True)
     audit = dsub.add_parser("audit", help="find bad, duplicated, contradictory and mislabelled records",
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(args)
     if args.command == "data":
         return _data(args)
+    if args.command == "export":
+        return _export(args)
     raise AssertionError(args.command)
 
 
@@ -213,6 +221,20 @@ def _data(args) -> int:
     except (datatools.ConvertError, DataSourceError, ValueError, OSError) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from bonsai.export import ExportError, export_checkpoint
+
+    try:
+        written = export_checkpoint(Path(args.checkpoint), Path(args.out))
+    except (ExportError, ConfigError, FileNotFoundError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    print("written: " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -87,21 +87,24 @@ def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: fl
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
-def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache):
+@pytest.mark.parametrize("launch", [None, "zero3"], ids=["ddp", "zero3"])
+def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache, launch):
     """Two ranks; rank 1 alone gets SIGTERM mid-run. Both ranks stop after the same step, checkpoint
-    and exit; a second launch resumes and every step's loss equals the uninterrupted run's."""
+    and exit; a second launch resumes and every step's loss equals the uninterrupted run's. Under
+    ZeRO-3 the checkpoint holds each rank's partition of weights and optimizer state."""
     steps = 14
     def config(name):
         cfg = base_config(tmp_path / name, model_cache)
         cfg["train"].update(max_steps=steps, micro_batch_size=2, gradient_accumulation_steps=2, checkpoint_every=5)
         cfg["eval"] = {"every_steps": 5}
+        cfg["monitor"] = {"on_nonfinite": "rollback"}
         return write_config(tmp_path / f"{name}.yaml", cfg)
 
-    run_train(config("straight"), nproc=2)
+    run_train(config("straight"), nproc=2, launch=launch)
     reference = losses(tmp_path / "straight")
 
     interrupted = config("interrupted")
-    proc = subprocess.Popen(train_command(interrupted, nproc=2), cwd=ROOT, env=subprocess_env(),
+    proc = subprocess.Popen(train_command(interrupted, nproc=2, launch=launch), cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_step(tmp_path / "interrupted", 3, proc)
@@ -115,7 +118,7 @@ def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache
     stopped_at = max(losses(tmp_path / "interrupted"))
     assert 3 <= stopped_at < steps
 
-    resumed = run_train(interrupted, nproc=2)
+    resumed = run_train(interrupted, nproc=2, launch=launch)
     assert f"at step {stopped_at}" in resumed.stdout or "resumed from" in resumed.stdout
     after = losses(tmp_path / "interrupted")
     assert sorted(after) == sorted(reference) == list(range(1, steps + 1))

@@ -57,6 +57,18 @@ def test_a_contradiction_between_deepspeed_json_and_bonsai_config_is_an_error():
         fill_deepspeed_config({"gradient_clipping": 0.5}, bonsai_cfg, 1, 2, "no")
 
 
+def _export(run_dir, out):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    proc = subprocess.run([sys.executable, "-m", "bonsai.cli", "export", str(final), "--out", str(out)], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def _runs(tmp_path, cache, finetune):
     out = {}
     for name, launch in STRATEGIES:
@@ -88,6 +100,16 @@ def test_full_finetuning_ddp_zero2_zero3_same_losses_and_whole_weights(tmp_path,
     # checkpoints hold per-rank ZeRO state under DeepSpeed
     assert list((tmp_path / "zero3" / "checkpoints").glob("step_*/pytorch_model/*optim_states.pt"))
 
+    # `bonsai export` consolidates the final ZeRO-3 checkpoint into a model with the trained logits.
+    from transformers import AutoModelForCausalLM
+
+    _export(tmp_path / "zero3", tmp_path / "exported")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "model")
+    ids = torch.randint(0, 500, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, trained(ids).logits, rtol=0, atol=1e-6)
+
 
 def test_lora_ddp_zero2_zero3_same_losses_and_full_adapter_under_zero3(tmp_path, model_cache):
     runs = _runs(tmp_path, model_cache, "lora")
@@ -100,6 +122,11 @@ def test_lora_ddp_zero2_zero3_same_losses_and_full_adapter_under_zero3(tmp_path,
     for key, tensor in reference.items():
         assert adapter[key].shape == tensor.shape and adapter[key].numel() > 0, key  # the known empty-adapter bug
         torch.testing.assert_close(adapter[key], tensor, rtol=1e-3, atol=1e-3)
+    _export(tmp_path / "zero3", tmp_path / "exported")
+    exported = load_file(tmp_path / "exported" / "adapter_model.safetensors")
+    for key, tensor in load_file(tmp_path / "zero3" / "model" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(exported[key], tensor, rtol=0, atol=0)
+    assert (tmp_path / "exported-merged" / "model.safetensors").exists()
     merged = load_file(tmp_path / "zero3" / "model-merged" / "model.safetensors")
     merged_ddp = load_file(tmp_path / "ddp" / "model-merged" / "model.safetensors")
     for key, tensor in merged_ddp.items():
