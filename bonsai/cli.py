@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from bonsai.checkpoint import CheckpointMismatch
-    from bonsai.distributed import WorldSizeMismatch, launcher_world_size
+    from bonsai.distributed import CollectiveFailure, WorldSizeMismatch, launcher_world_size
     from bonsai.records import BadRecord
     from bonsai.stream import DataSourceError
     from bonsai.trainer import DataError, TrainingUnstable, train
@@ -138,6 +138,9 @@ def _train(args) -> int:
     except TrainingUnstable as err:
         print(f"bonsai: training stopped: {err}", file=sys.stderr)
         return 3
+    except CollectiveFailure as err:
+        print(f"bonsai: {err}", file=sys.stderr, flush=True)
+        return 4
 
 
 def _generate(args) -> int:

@@ -17,6 +17,21 @@ class WorldSizeMismatch(RuntimeError):
     pass
 
 
+class CollectiveFailure(RuntimeError):
+    """A collective failed or timed out: another rank died or hung."""
+
+
+# What the process-group backends say when a peer is gone or silent (gloo, NCCL, torch's c10d).
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "timed out",
+              "NCCL communicator was aborted", "ProcessGroupGloo", "ProcessGroupNCCL", "Broken pipe")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    return isinstance(err, torch.distributed.DistError) or (
+        isinstance(err, RuntimeError) and any(marker in str(err) for marker in _PEER_LOST)
+    )
+
+
 def launched_with_deepspeed() -> bool:
     """`accelerate launch` with a DeepSpeed config says so in the environment of every process."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"

@@ -22,7 +22,7 @@ from bonsai.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, 
 from bonsai.config import BonsaiConfig, ConfigError, redact, save_resolved
 from bonsai.deepspeed_config import fill_deepspeed_config
 from bonsai.dataset import RankData, describe_bad_records, write_quarantine
-from bonsai.distributed import Dist, launcher_world_size, setup_distributed
+from bonsai.distributed import CollectiveFailure, Dist, is_peer_failure, launcher_world_size, setup_distributed
 from bonsai.generation import Probe, average_by_category, generate, generation_rows, load_probes
 from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
 from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
@@ -430,6 +430,15 @@ def train(cfg: BonsaiConfig) -> int:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         say("done: " + json.dumps(summary))
         return 0
+    except Exception as err:
+        if dist.world_size > 1 and is_peer_failure(err):
+            last = latest_checkpoint(run_dir)
+            raise CollectiveFailure(
+                f"rank {dist.rank}: a collective failed at step {state.step + 1} "
+                f"({str(err).splitlines()[0][:200]}). Another rank has probably died or hung: its log says why. "
+                f"Last complete checkpoint: {last or 'none'}; running the same command again resumes from it."
+            ) from err
+        raise
     finally:
         stop.uninstall()
         if logger:

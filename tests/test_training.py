@@ -191,3 +191,26 @@ def test_results_do_not_depend_on_whether_the_model_cache_existed(tmp_path):
         runs.append(losses(tmp_path / name))
     assert len(list(cache.glob("tiny-phi-*"))) == 1
     assert runs[0] == runs[1]
+
+
+def test_a_killed_rank_makes_the_others_fail_fast_with_a_clear_message(tmp_path, model_cache):
+    cfg = base_config(tmp_path / "run", model_cache)
+    cfg["train"].update(max_steps=100_000, checkpoint_every=2)
+    cfg["distributed"] = {"timeout_s": 10}
+    config = write_config(tmp_path / "c.yaml", cfg)
+    proc = subprocess.Popen(train_command(config, nproc=2), cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_step(tmp_path / "run", 3, proc)
+        rank1 = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        assert rank1
+        killed_at = time.monotonic()
+        os.kill(rank1[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=120)
+        waited = time.monotonic() - killed_at
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert waited < 60, f"took {waited:.0f}s to notice a dead rank"
+    assert "rank 0: a collective failed at step" in output, output[-3000:]
+    assert "Last complete checkpoint:" in output and "checkpoints/step_" in output
