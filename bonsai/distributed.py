@@ -22,8 +22,9 @@ class CollectiveFailure(RuntimeError):
 
 
 # What the process-group backends say when a peer is gone or silent (gloo, NCCL, torch's c10d).
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "timed out",
-              "NCCL communicator was aborted", "ProcessGroupGloo", "ProcessGroupNCCL", "Broken pipe")
+# Gloo's messages carry their source path ("gloo/transport/tcp/pair.cc: Connection closed by peer").
+_PEER_LOST = ("gloo/", "Connection closed by peer", "Connection reset by peer", "Timed out waiting", "timed out",
+              "NCCL", "ProcessGroupGloo", "ProcessGroupNCCL", "Broken pipe")
 
 
 def is_peer_failure(err: BaseException) -> bool:

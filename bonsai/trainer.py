@@ -32,7 +32,7 @@ from bonsai.packing import Batch, Row, collate
 from bonsai.preemption import EXIT_PREEMPTED, StopRequest
 from bonsai.records import Record
 from bonsai.stream import StreamPosition
-from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device
+from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device, training_state_bytes
 from bonsai.wandb_logger import resolve_mode
 
 THROUGHPUT_WARMUP_STEPS = 2  # first steps pay for allocation and kernel selection; not representative
@@ -251,6 +251,11 @@ def _monitor_step(dist: Dist, detector: SpikeDetector, tracker: RecordLossTracke
     return events
 
 
+def _zero_stage(dist: Dist) -> int:
+    plugin = dist.accelerator.state.deepspeed_plugin
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin else 0
+
+
 def _configure_deepspeed(dist: Dist, cfg: BonsaiConfig, accumulation: int) -> None:
     plugin = dist.accelerator.state.deepspeed_plugin
     fill_deepspeed_config(plugin.deepspeed_config, cfg, accumulation, dist.world_size,
@@ -326,6 +331,7 @@ def train(cfg: BonsaiConfig) -> int:
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops_per_device)
     stop = StopRequest().install()
     timed_tokens, timed_seconds, first_loss, last_loss = 0, 0.0, None, None
+    accounted: dict[str, float] = {}
     try:
         while state.step < cfg.train.max_steps:
             step_start = time.perf_counter()
@@ -395,6 +401,12 @@ def train(cfg: BonsaiConfig) -> int:
                     last_loss = metrics["loss"]
                 if logger:
                     logger.log(metrics, state.step)
+            if not accounted:  # after the first update, when the optimizer state exists
+                accounted = training_state_bytes(model, optimizer, _zero_stage(dist), dist.world_size)
+                print(f"rank {dist.rank}: " + ", ".join(f"{k.split('/')[1].removesuffix('_bytes')} "
+                                                       f"{v / 2**20:.1f} MiB" for k, v in accounted.items()), flush=True)
+                if logger:
+                    logger.log(accounted, state.step)
             if state.step > THROUGHPUT_WARMUP_STEPS:
                 timed_tokens, timed_seconds = timed_tokens + stats.tokens, timed_seconds + elapsed
             if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < cfg.train.max_steps:

@@ -97,6 +97,17 @@ def test_full_finetuning_ddp_zero2_zero3_same_losses_and_whole_weights(tmp_path,
         for key, tensor in reference.items():
             assert weights[key].shape == tensor.shape, (name, key)  # ZeRO-3 partitions gathered, not saved empty
             torch.testing.assert_close(weights[key], tensor, rtol=1e-3, atol=1e-3)
+    # Memory per rank, measured after the first update: ZeRO-2 halves the optimizer state over 2 ranks,
+    # ZeRO-3 halves parameters and optimizer state together (partition padding: within 10%).
+    mem = {name: next(json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                      if "memory/params_bytes" in line) for name, _ in STRATEGIES}
+    ratio = lambda name, *keys: sum(mem[name][f"memory/{k}_bytes"] for k in keys) / sum(
+        mem["ddp"][f"memory/{k}_bytes"] for k in keys)
+    assert ratio("zero2", "optimizer") == pytest.approx(0.5, rel=0.1)
+    assert ratio("zero2", "params") == pytest.approx(1.0, rel=0.01)
+    assert ratio("zero3", "params", "optimizer") == pytest.approx(0.5, rel=0.1)
+    assert mem["ddp"]["memory/master_weights_bytes"] == 0
+
     # checkpoints hold per-rank ZeRO state under DeepSpeed
     assert list((tmp_path / "zero3" / "checkpoints").glob("step_*/pytorch_model/*optim_states.pt"))
 
