@@ -1,7 +1,8 @@
 """`bonsai train`: build everything from the config, train, checkpoint, resume, save.
 
-One code path for one or many ranks, full or LoRA. The optimizer step is `train_step`, a function of
-(model, micro-batches) that tests call alone; rank-awareness stays behind `Dist`.
+One code path for one or many ranks, full or LoRA, DDP or ZeRO. The optimizer step lives in
+`bonsai.step` (`compute_gradients`, then `apply_update` unless the monitor says otherwise);
+rank-awareness stays behind `Dist`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,12 +25,12 @@ from bonsai.dataset import RankData, describe_bad_records, write_quarantine
 from bonsai.distributed import CollectiveFailure, Dist, is_peer_failure, launcher_world_size, setup_distributed
 from bonsai.generation import Probe, average_by_category, generate, generation_rows, load_probes
 from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
+from bonsai.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
 from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, strongest_action
 from bonsai.model import count_parameters, load_model, load_tokenizer, resolve_checkpoint, save_final_model
-from bonsai.packing import Batch, Row, collate
+from bonsai.packing import Row
 from bonsai.preemption import EXIT_PREEMPTED, StopRequest
-from bonsai.records import Record
 from bonsai.stream import StreamPosition
 from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device, training_state_bytes
 from bonsai.wandb_logger import resolve_mode
@@ -42,79 +42,6 @@ class DataError(ValueError):
     """Bad records under `data.on_bad_record: error`; the message lists file, line and field."""
 
 
-@dataclass
-class StepStats:
-    loss: torch.Tensor  # global mean response-token loss of the step (on device; read it only to log)
-    grad_norm: torch.Tensor
-    target_tokens: int
-    tokens: int
-    stop_requested: bool
-    records: list[Record] = field(default_factory=list)  # this rank's records in the step
-    record_loss_sum: torch.Tensor | None = None  # (len(records),) response-token loss sums, on device
-    record_tokens: torch.Tensor | None = None
-
-
-def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_norm: float | None,
-                      stop_requested: bool = False) -> StepStats:
-    """Forward and backward over this rank's micro-batches, then clip. Every micro-batch's loss sum is
-    divided by the response-token count of the whole step on all ranks, so the gradient is the same
-    however the step's rows are split into micro-batches and ranks."""
-    accelerator = dist.accelerator
-    local = torch.tensor(
-        [sum(b.num_target_tokens for b in micro_batches), sum(int((b.doc_index >= 0).sum()) for b in micro_batches),
-         int(stop_requested)],
-        dtype=torch.float64, device=dist.device,
-    )
-    totals = dist.sum(local)
-    # host sync: every rank must agree whether to stop before anyone starts a forward pass.
-    target_tokens, tokens, stops = (int(v) for v in totals.tolist())
-    if stops:
-        return StepStats(torch.zeros(()), torch.zeros(()), target_tokens, tokens, stop_requested=True)
-    # DDP and ZeRO average gradients over ranks, and Accelerate (DDP) or DeepSpeed divide every
-    # micro-batch's loss by the accumulation steps: scaling by both turns that into the plain sum.
-    scale = dist.world_size * len(micro_batches) / target_tokens
-    loss_sum = torch.zeros((), device=dist.device)
-    records, record_loss, record_tokens = [], [], []
-    for batch in micro_batches:
-        # `accumulate` skips the gradient all-reduce until the last micro-batch (DDP) or marks the
-        # boundary where the DeepSpeed engine reduces, clips and steps.
-        with accelerator.accumulate(model):
-            out = forward_loss(model, batch.to(dist.device))
-            accelerator.backward(out.loss_sum * scale)
-        loss_sum += out.loss_sum.detach()
-        records += batch.records
-        record_loss.append(out.record_loss_sum)
-        record_tokens.append(out.record_tokens)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    # DeepSpeed clips inside its step and reports the norm as a float (None before any step).
-    grad_norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=dist.device)
-    return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, False, records,
-                     torch.cat(record_loss), torch.cat(record_tokens))
-
-
-def apply_update(optimizer, scheduler, skip: bool = False) -> None:
-    """Step the optimizer, or drop the step's gradients (the update is skipped, the schedule moves on)."""
-    if not skip:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def train_step(dist: Dist, model, optimizer, scheduler, micro_batches: list[Batch], max_grad_norm: float | None,
-               stop_requested: bool = False) -> StepStats:
-    """One optimizer step over this rank's micro-batches."""
-    stats = compute_gradients(dist, model, micro_batches, max_grad_norm, stop_requested)
-    if not stats.stop_requested:
-        apply_update(optimizer, scheduler)
-    return stats
-
-
-def train_breakdown(dist: Dist, stats: StepStats) -> dict[str, float]:
-    """Train loss per category and language for this step (a collective: call it on every rank)."""
-    sums = breakdown_sums(stats.records, stats.record_loss_sum, stats.record_tokens)
-    return {k: v for k, v in breakdown_metrics("loss", dist.sum(sums).tolist()).items() if k != "loss"}
-
-
 class TrainRows:
     """This rank's training rows; `position` moves only when a step commits them."""
 
@@ -124,10 +51,6 @@ class TrainRows:
 
     def take(self, n: int) -> list[Row]:
         return [next(self._rows) for _ in range(n)]
-
-
-def micro_batches_of(rows: list[Row], size: int, pad_id: int, pad_to: int | None) -> list[Batch]:
-    return [collate(rows[i : i + size], pad_id, pad_to) for i in range(0, len(rows), size)]
 
 
 def evaluate(dist: Dist, model, data: RankData, cfg: BonsaiConfig, pad_id: int) -> dict[str, float]:
@@ -276,7 +199,6 @@ def train(cfg: BonsaiConfig) -> int:
     dist = setup_distributed(cfg, accumulation)
     run_dir = Path(cfg.train.output_dir)
     say = dist.accelerator.print
-    set_seed(cfg.train.seed)
 
     with dist.accelerator.main_process_first():
         model_source = resolve_checkpoint(cfg)
@@ -290,7 +212,7 @@ def train(cfg: BonsaiConfig) -> int:
     weights_dtype = torch.float32
     if cfg.model.finetune == "lora" and dist.accelerator.mixed_precision == "bf16":
         weights_dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
-    set_seed(cfg.train.seed)  # again: whatever ran since (building a cache, the data scan) must not matter
+    set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
     model = load_model(model_source, cfg.model, weights_dtype)
     total, trainable = count_parameters(model)
     say(f"model: {model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "

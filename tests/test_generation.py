@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from bonsai.config import CATEGORIES, LANGUAGES, DecodeConfig
 from bonsai.generation import cut_at_stop, generate, load_probes, prompt_batch
