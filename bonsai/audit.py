@@ -24,8 +24,8 @@ import numpy as np
 
 from bonsai.config import CATEGORIES, LANGUAGES
 from bonsai.data_checks import find_contradictions, normalise, script_language
-from bonsai.records import BadRecord, Record, Where, validate_record
-from bonsai.stream import list_shards, parse_payload, read_shard
+from bonsai.dataset import read_records
+from bonsai.records import Record
 from bonsai.textmetrics import units
 
 SEVERITY_RANK = {"never": 3, "error": 2, "warning": 1}
@@ -117,19 +117,6 @@ def near_duplicate_pairs(records: list[Record]) -> list[tuple[int, int, float]]:
     return pairs
 
 
-def load_for_audit(paths: list[str]) -> tuple[list[Record], list[Where], list[BadRecord]]:
-    records, wheres, bad = [], [], []
-    for path in paths:
-        for shard in list_shards(path):
-            for where, payload in read_shard(shard):
-                try:
-                    records.append(validate_record(parse_payload(payload, where), where))
-                    wheres.append(where)
-                except BadRecord as err:
-                    bad.append(err)
-    return records, wheres, bad
-
-
 def _translation_findings(records: list[Record], where: dict[str, str]) -> list[Finding]:
     findings = []
     translations = [r for r in records if r.category == "translation"]
@@ -151,7 +138,10 @@ def _translation_findings(records: list[Record], where: dict[str, str]) -> list[
 
 
 def audit(paths: list[str], tokenizer=None, max_length: int | None = None, min_output_units: int = 2) -> AuditReport:
-    records, wheres, bad = load_for_audit(paths)
+    records, wheres, bad = [], [], []
+    for path in paths:
+        valid, where_from, invalid = read_records(path)
+        records, wheres, bad = records + valid, wheres + where_from, bad + invalid
     where = {r.id: str(w) for r, w in zip(records, wheres)}
     report = AuditReport(records=len(records) + len(bad))
     report.counts = {c: {lang: 0 for lang in LANGUAGES} for c in CATEGORIES}

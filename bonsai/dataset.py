@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from bonsai.config import DataConfig
 from bonsai.datatools import verify_manifest
 from bonsai.packing import Document, Row, one_document_per_row, pack_documents
 from bonsai.records import BadRecord, Record, in_eval_split, validate_record
-from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard, write_jsonl_line
+from bonsai.records import Where
+from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard
 from bonsai.template import encode_record
 
 Split = Literal["train", "eval"]
@@ -102,27 +102,25 @@ class RankData:
         return pack_documents(docs, self.cfg.max_length) if self.cfg.packing else one_document_per_row(docs)
 
 
-def write_quarantine(rows: list[dict], path: Path) -> None:
-    """One JSON line per skipped record: path, line, field, reason and the raw record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            write_jsonl_line(f, row)
-
-
 def describe_bad_records(messages: list[str]) -> str:
     shown = "\n".join(f"  {m}" for m in messages[:MAX_ERRORS_SHOWN])
     more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more" if len(messages) > MAX_ERRORS_SHOWN else ""
     return f"{len(messages)} bad record(s):\n{shown}{more}"
 
 
-def read_valid_records(path: str) -> list[Record]:
-    """Every valid record under `path`, in shard order; bad ones are left to the training scan to report."""
-    records = []
+def read_records(path: str) -> tuple[list[Record], list[Where], list[BadRecord]]:
+    """Every record under `path`, in shard order: the valid ones with where each came from, and the bad."""
+    records, wheres, bad = [], [], []
     for shard in list_shards(path):
         for where, payload in read_shard(shard):
             try:
                 records.append(validate_record(parse_payload(payload, where), where))
-            except BadRecord:
-                continue
-    return records
+                wheres.append(where)
+            except BadRecord as err:
+                bad.append(err)
+    return records, wheres, bad
+
+
+def read_valid_records(path: str) -> list[Record]:
+    """The valid records under `path`; bad ones are left to the training scan (or the audit) to report."""
+    return read_records(path)[0]

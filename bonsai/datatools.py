@@ -13,7 +13,7 @@ import fsspec
 from bonsai.config import CATEGORIES, LANGUAGES
 from bonsai.data_checks import script_language
 from bonsai.records import Record, Where, validate_record
-from bonsai.stream import MANIFEST_NAME, DataSourceError
+from bonsai.stream import MANIFEST_NAME, DataSourceError, write_jsonl
 
 MANIFEST = MANIFEST_NAME
 # Dolly's categories in Bonsai's terms; anything else needs --category-map.
@@ -94,17 +94,8 @@ def convert(paths: list[str], out: Path, source: str, category_map: dict[str, st
             lang: str | None, prefix: str) -> int:
     records = [convert_row(row, where, source, category_map, default_category, lang, prefix)
                for path in paths for where, row in read_rows(path)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out, records)
+    write_jsonl(out, records)
     return len(records)
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def _sha256(path: str) -> str:
@@ -132,7 +123,7 @@ def shard(paths: list[str], out_dir: Path, num_shards: int, fmt: str) -> dict:
 
             pq.write_table(pa.Table.from_pylist([{**r, "source_lang": r.get("source_lang")} for r in part]), path)
         else:
-            _write_jsonl(path, part)
+            write_jsonl(path, part)
         entries.append({"file": path.name, "records": len(part), "sha256": _sha256(str(path))})
     manifest = {"records": len(records), "shards": entries}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -173,7 +164,7 @@ def publish(src: str, out_dir: Path, name: str, license_id: str, repo_id: str | 
     data_dir = out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     rows = [{**r.__dict__, "source_lang": r.source_lang or ""} for r in records]
-    _write_jsonl(data_dir / "train.jsonl", rows)
+    write_jsonl(data_dir / "train.jsonl", rows)
     counts = {c: {lang: 0 for lang in LANGUAGES} for c in CATEGORIES}
     for r in records:
         counts[r.category][r.lang] += 1

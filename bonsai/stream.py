@@ -13,6 +13,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 
@@ -130,5 +131,11 @@ def rank_items(
         epoch, skip = epoch + 1, 0
 
 
-def write_jsonl_line(f, obj: dict) -> None:
-    f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, written beside `path` and renamed into place: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)

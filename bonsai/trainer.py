@@ -21,7 +21,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from bonsai.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from bonsai.config import BonsaiConfig, ConfigError, redact, save_resolved
 from bonsai.deepspeed_config import fill_deepspeed_config
-from bonsai.dataset import RankData, describe_bad_records, write_quarantine
+from bonsai.dataset import RankData, describe_bad_records
 from bonsai.distributed import CollectiveFailure, Dist, is_peer_failure, launcher_world_size, setup_distributed
 from bonsai.generation import Probe, average_by_category, generate, generation_rows, load_probes
 from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forward_loss
@@ -31,7 +31,7 @@ from bonsai.monitor import Event, RecordLossTracker, SpikeDetector, batch_record
 from bonsai.model import count_parameters, load_model, load_tokenizer, resolve_checkpoint, save_final_model
 from bonsai.packing import Row
 from bonsai.preemption import EXIT_PREEMPTED, StopRequest
-from bonsai.stream import StreamPosition
+from bonsai.stream import StreamPosition, write_jsonl
 from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device, training_state_bytes
 from bonsai.wandb_logger import resolve_mode
 
@@ -119,7 +119,7 @@ def _scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run_dir: Path) -> 
             f"in {run_dir / 'quarantine.jsonl'})."
         )
     if dist.is_main and bad_rows:
-        write_quarantine(bad_rows, run_dir / "quarantine.jsonl")
+        write_jsonl(run_dir / "quarantine.jsonl", bad_rows)  # path, line, field, reason, raw record
     if counts["train_records"] == 0:
         raise DataError(f"data.path {cfg.data.path}: no training records left (eval split and skips took all)")
     return counts
@@ -155,7 +155,13 @@ class TrainingUnstable(RuntimeError):
 
 
 def record_stats_path(run_dir: Path, rank: int) -> Path:
+    """Where the report reads this rank's record statistics (the latest copy)."""
     return run_dir / "record_stats" / f"rank{rank}.json"
+
+
+def checkpoint_record_stats_path(checkpoint_dir: Path, rank: int) -> Path:
+    """This rank's record statistics as of a checkpoint, restored with it."""
+    return checkpoint_dir / f"record_stats_rank{rank}.json"
 
 
 def _monitor_step(dist: Dist, detector: SpikeDetector, tracker: RecordLossTracker, stats: StepStats,
@@ -241,13 +247,13 @@ def train(cfg: BonsaiConfig) -> int:
     pad_id = tokenizer.pad_token_id
     pad_to = cfg.data.max_length if cfg.data.packing else None
     detector = SpikeDetector(cfg.monitor) if cfg.monitor.enabled else None
-    tracker = RecordLossTracker.load(latest / f"record_stats_rank{dist.rank}.json") if latest else RecordLossTracker()
+    tracker = RecordLossTracker.load(checkpoint_record_stats_path(latest, dist.rank)) if latest else RecordLossTracker()
 
     def checkpoint() -> Path:
         state.data_positions = dist.gather_objects(rows.position.to_dict())
         tracker.save(record_stats_path(run_dir, dist.rank))
         return save_checkpoint(dist, run_dir, state, cfg, cfg.train.keep_checkpoints,
-                               lambda d: tracker.save(d / f"record_stats_rank{dist.rank}.json"))
+                               lambda d: tracker.save(checkpoint_record_stats_path(d, dist.rank)))
 
     flops_per_tok = flops_per_token(model, cfg.data.max_length)
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops_per_device)
