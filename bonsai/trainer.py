@@ -380,9 +380,11 @@ def train(cfg: BonsaiConfig) -> int:
             ) from err
         raise
     finally:
-        stop.uninstall()
+        # Loggers first (W&B's finish can take seconds), the signal handler last: a launcher's SIGTERM
+        # arriving meanwhile then only sets the flag, and the error above still reaches the user.
         if logger:
             logger.close()
+        stop.uninstall()
 
 
 def _log(logger: MetricsLogger | None, metrics: dict[str, float], step: int) -> None:
