@@ -82,6 +82,29 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--name", default="bonsai-sft")
     pub.add_argument("--license", default="cc-by-4.0")
     pub.add_argument("--push-to-hub", metavar="REPO_ID", help="also push (needs HF_TOKEN and the network)")
+
+    slurm = sub.add_parser("slurm", help="submit training to a SLURM cluster (preemption-safe, requeues itself)")
+    ssub = slurm.add_subparsers(dest="slurm_command", required=True)
+    sb = ssub.add_parser("submit", help="render slurm/train.sbatch for CONFIG and sbatch it",
+                         description="One task per node runs `accelerate launch` for that node's processes. On "
+                                     "preemption or near the time limit, training checkpoints and the job requeues "
+                                     "itself; the next run resumes exactly. The log is RUN_DIR/slurm-JOBID.log.")
+    sb.add_argument("config")
+    sb.add_argument("overrides", nargs="*", metavar="section.key=value")
+    sb.add_argument("--nodes", type=int, required=True)
+    sb.add_argument("--gpus-per-node", type=int, required=True, help="0 for a CPU-only job (then --procs-per-node)")
+    sb.add_argument("--procs-per-node", type=int, help="training processes per node (default: one per GPU)")
+    sb.add_argument("--partition")
+    sb.add_argument("--time", help="time limit, SLURM's format (e.g. 4:00:00 or 2-00:00)")
+    sb.add_argument("--launch", dest="launch_config", help="Accelerate config, e.g. launch/zero3.yaml (default: DDP)")
+    sb.add_argument("--grace", dest="grace_s", type=int, default=300,
+                    help="seconds before the time limit at which training is told to checkpoint (default 300)")
+    sb.add_argument("--max-restarts", type=int, default=20, help="requeue at most this many times (default 20)")
+    sb.add_argument("--cpus-per-task", type=int, help="cores per node (default: one per process)")
+    sb.add_argument("--job-name")
+    sb.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
+                    help="passed to sbatch as an #SBATCH line, e.g. --sbatch-arg=--account=ml (repeatable)")
+    sb.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
     return parser
 
 
@@ -115,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return _data(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "slurm":
+        return _slurm(args)
     raise AssertionError(args.command)
 
 
@@ -238,6 +263,29 @@ def _export(args) -> int:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
     print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _slurm(args) -> int:
+    import shlex
+
+    from bonsai.slurm import SlurmError, SubmitOptions, submit
+
+    fields = ("nodes", "gpus_per_node", "procs_per_node", "partition", "time", "launch_config", "grace_s",
+              "max_restarts", "cpus_per_task", "job_name", "sbatch_args")
+    opts = SubmitOptions(**{name: getattr(args, name) for name in fields})
+    try:
+        job_id, script, command = submit(args.config, args.overrides, opts, dry_run=args.dry_run)
+    except (SlurmError, ConfigError, OSError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    if job_id is None:
+        print(script, end="")
+        print(f"# would run: {shlex.join(command)}")
+        return 0
+    log = command[2].rsplit("/slurm/", 1)[0] + f"/slurm-{job_id}.log"
+    print(f"submitted job {job_id}: {opts.nodes} node(s) x {opts.processes_per_node} process(es)\n"
+          f"  script: {command[2]}\n  log:    {log}\n  watch:  squeue -j {job_id}; tail -f {log}")
     return 0
 
 

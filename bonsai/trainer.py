@@ -30,7 +30,7 @@ from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, Ro
 from bonsai.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, strongest_action
 from bonsai.model import count_parameters, load_model, load_tokenizer, resolve_checkpoint, save_final_model
 from bonsai.packing import Row
-from bonsai.preemption import EXIT_PREEMPTED, StopRequest
+from bonsai.preemption import EXIT_PREEMPTED, StopRequest, write_stopped
 from bonsai.stream import StreamPosition, write_jsonl
 from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device, training_state_bytes
 from bonsai.wandb_logger import resolve_mode
@@ -250,14 +250,17 @@ def train(cfg: BonsaiConfig) -> int:
     tracker = RecordLossTracker.load(checkpoint_record_stats_path(latest, dist.rank)) if latest else RecordLossTracker()
 
     def checkpoint() -> Path:
+        begun = time.perf_counter()
         state.data_positions = dist.gather_objects(rows.position.to_dict())
         tracker.save(record_stats_path(run_dir, dist.rank))
-        return save_checkpoint(dist, run_dir, state, cfg, cfg.train.keep_checkpoints,
-                               lambda d: tracker.save(checkpoint_record_stats_path(d, dist.rank)))
+        saved = save_checkpoint(dist, run_dir, state, cfg, cfg.train.keep_checkpoints,
+                                lambda d: tracker.save(checkpoint_record_stats_path(d, dist.rank)))
+        stop.note_checkpoint(time.perf_counter() - begun)
+        return saved
 
+    stop = StopRequest.from_env().install()
     flops_per_tok = flops_per_token(model, cfg.data.max_length)
     peak_flops = peak_flops_per_device(cfg.logging.peak_tflops_per_device)
-    stop = StopRequest().install()
     timed_tokens, timed_seconds, first_loss, last_loss = 0, 0.0, None, None
     accounted: dict[str, float] = {}
     try:
@@ -265,11 +268,16 @@ def train(cfg: BonsaiConfig) -> int:
             step_start = time.perf_counter()
             taken = rows.take(cfg.train.micro_batch_size * accumulation)
             batches = micro_batches_of(taken, cfg.train.micro_batch_size, pad_id, pad_to)
-            stats = compute_gradients(dist, model, batches, cfg.train.max_grad_norm, stop.requested)
+            stop_reason = stop.reason
+            stats = compute_gradients(dist, model, batches, cfg.train.max_grad_norm, stop_reason is not None)
             if stats.stop_requested:
-                checkpoint()
+                saved = checkpoint()
+                stop_reason = stop_reason or "by another rank"
+                if dist.is_main:
+                    write_stopped(run_dir, state.step, saved, stop_reason)
+                dist.barrier()  # a rank that exits early can make srun kill rank 0 before it wrote that
                 # Every rank says why it stops: the one that got the signal is the one to look for.
-                print(f"rank {dist.rank}: stop requested ({stop.signal_name or 'by another rank'}): "
+                print(f"rank {dist.rank}: stop requested ({stop_reason}): "
                       f"checkpointed step {state.step}, exiting with {EXIT_PREEMPTED}", flush=True)
                 return EXIT_PREEMPTED
             events = _monitor_step(dist, detector, tracker, stats, state.step + 1, taken[-1].resume) if detector else []
@@ -306,6 +314,7 @@ def train(cfg: BonsaiConfig) -> int:
             state.tokens_seen += stats.tokens
             state.target_tokens_seen += stats.target_tokens
             elapsed = time.perf_counter() - step_start
+            stop.note_step(elapsed)
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or events:
                 metrics = {
                     "loss": stats.loss.item(),  # host sync: logging only
