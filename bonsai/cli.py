@@ -125,7 +125,13 @@ def _decode_config(args) -> DecodeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also come after the options (`submit CONFIG --nodes 2 train.lr=1e-4`).
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train":
         return _train(args)
     if args.command == "report":

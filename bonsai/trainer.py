@@ -272,9 +272,11 @@ def train(cfg: BonsaiConfig) -> int:
             stats = compute_gradients(dist, model, batches, cfg.train.max_grad_norm, stop_reason is not None)
             if stats.stop_requested:
                 saved = checkpoint()
-                stop_reason = stop_reason or "by another rank"
+                # Who asked, and why: what the batch script and the user see.
+                asked = [f"rank {r}: {why}" for r, why in enumerate(dist.gather_objects(stop_reason)) if why]
                 if dist.is_main:
-                    write_stopped(run_dir, state.step, saved, stop_reason)
+                    write_stopped(run_dir, state.step, saved, "; ".join(asked))
+                stop_reason = stop_reason or "by another rank"
                 dist.barrier()  # a rank that exits early can make srun kill rank 0 before it wrote that
                 # Every rank says why it stops: the one that got the signal is the one to look for.
                 print(f"rank {dist.rank}: stop requested ({stop_reason}): "

@@ -144,6 +144,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, reference
     stopped = [json.loads(line.split("training checkpointed and stopped: ", 1)[1])
                for line in log.splitlines() if "training checkpointed and stopped: " in line]
     assert len(stopped) == 1 and 3 <= stopped[0]["step"] < STEPS, log[-6000:]
+    assert "stop file" in stopped[0]["reason"], stopped  # the batch shell's request reached the ranks
     assert f"resumed from {stopped[0]['checkpoint']} at step {stopped[0]['step']}" in log
     # Every step exactly once in the metrics, with the uninterrupted run's loss.
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -50,7 +50,7 @@ def test_dry_run_renders_a_complete_job(config_path, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bonsai.cli", "slurm", "submit", str(config_path), "train.lr=1e-3", "--nodes", "2",
          "--gpus-per-node", "1", "--time", "1:00:00", "--grace", "120", "--launch", "launch/zero3.yaml",
-         "--partition", "gpu", "--sbatch-arg=--account=ml", "--dry-run"],
+         "--partition", "gpu", "--sbatch-arg=--account=ml", "--dry-run", "train.seed=3"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -63,7 +63,7 @@ def test_dry_run_renders_a_complete_job(config_path, tmp_path):
         f"--chdir={ROOT}", "--partition=gpu", "--time=1:00:00", "--account=ml",
     ]
     assert "PROCS_PER_NODE=1\n" in script and f"LAUNCH_CONFIG={ROOT}/launch/zero3.yaml\n" in script
-    assert f"# would run: sbatch --parsable {run_dir}/slurm/train.sbatch {config_path} train.lr=1e-3" in script
+    assert f"# would run: sbatch --parsable {run_dir}/slurm/train.sbatch {config_path} train.lr=1e-3 train.seed=3" in script
     assert not run_dir.exists()  # a dry run writes nothing
     body = script.rsplit("# would run:", 1)[0]
     assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0
@@ -106,5 +106,5 @@ def test_training_stops_and_checkpoints_before_the_deadline(tmp_path, model_cach
     proc = run_train(config, check=False)
     assert proc.returncode == 75, proc.stderr[-3000:]
     stopped = json.loads((run_dir / STOPPED_FILE).read_text())
-    assert stopped["step"] == 0 and stopped["reason"].startswith("job ends at")
+    assert stopped["step"] == 0 and stopped["reason"].startswith("rank 0: job ends at")
     assert (run_dir / "checkpoints" / "step_00000000" / "trainer_state.json").exists()
