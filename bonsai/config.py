@@ -82,6 +82,9 @@ class DataConfig(_Section):
     max_length: int = Field(512, ge=16)
     packing: bool = True
     """Pack several records per row (attention kept within each record); False pads one record per row."""
+    pack_window: int = Field(1024, ge=0)
+    """Records packed together best-fit (longest first, tightest row), within an epoch; 0 packs greedily
+    in stream order (more padding: a row ends when the next record does not fit)."""
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     """Share of records held out for eval, chosen by a hash of the record id (stable across runs)."""
     shuffle_window: int = Field(1024, ge=1)

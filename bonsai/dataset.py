@@ -13,7 +13,7 @@ from typing import Literal
 
 from bonsai.config import DataConfig
 from bonsai.datatools import verify_manifest
-from bonsai.packing import Document, Row, one_document_per_row, pack_documents
+from bonsai.packing import Document, Row, one_document_per_row, pack_best_fit, pack_documents
 from bonsai.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.records import Where
 from bonsai.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard
@@ -99,7 +99,11 @@ class RankData:
 
     def rows(self, split: Split, start: StreamPosition = StreamPosition(), epochs: int | None = None) -> Iterator[Row]:
         docs = self.documents(split, start, epochs)
-        return pack_documents(docs, self.cfg.max_length) if self.cfg.packing else one_document_per_row(docs)
+        if not self.cfg.packing:
+            return one_document_per_row(docs)
+        if self.cfg.pack_window == 0:
+            return pack_documents(docs, self.cfg.max_length)
+        return pack_best_fit(docs, self.cfg.max_length, self.cfg.pack_window, skip_rows=start.packed_rows)
 
 
 def describe_bad_records(messages: list[str]) -> str:

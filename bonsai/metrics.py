@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -50,7 +51,8 @@ class JsonlLogger:
         tmp.replace(self.path)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        row = {"step": step, **{k: _finite_or_str(v) for k, v in metrics.items()}}
+        # `time`: wall clock (epoch seconds) when the row was logged, for rates over whole stretches of steps.
+        row = {"step": step, "time": round(time.time(), 4), **{k: _finite_or_str(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
 

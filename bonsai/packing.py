@@ -7,6 +7,7 @@ not isolate documents in transformers 5.x Phi (sdpa or eager), an explicit mask 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -31,35 +32,98 @@ class Document:
 @dataclass
 class Row:
     documents: list[Document] = field(default_factory=list)
+    resume: StreamPosition | None = None
+    """Where the stream resumes once this row has been trained on (set by the packer)."""
 
     @property
     def length(self) -> int:
         return sum(len(d) for d in self.documents)
 
-    @property
-    def resume(self) -> StreamPosition:
-        """Where the stream resumes once this row has been trained on."""
-        return self.documents[-1].position.next()
+
+def _check_fits(doc: Document, max_length: int) -> None:
+    if len(doc) > max_length:
+        raise ValueError(f"{doc.where}: {len(doc)} tokens exceed data.max_length {max_length}")
 
 
 def pack_documents(documents: Iterable[Document], max_length: int) -> Iterator[Row]:
     """Greedy, in stream order, documents never split: a row is flushed when the next document does
-    not fit. Keeping stream order is what makes a row's resume position a single stream position."""
+    not fit. Simple and order-preserving, but the row's tail is wasted whenever the next document is long."""
     row = Row()
     for doc in documents:
-        if len(doc) > max_length:
-            raise ValueError(f"{doc.where}: {len(doc)} tokens exceed data.max_length {max_length}")
+        _check_fits(doc, max_length)
         if row.documents and row.length + len(doc) > max_length:
+            row.resume = row.documents[-1].position.next()
             yield row
             row = Row()
         row.documents.append(doc)
     if row.documents:
+        row.resume = row.documents[-1].position.next()
         yield row
+
+
+def pack_best_fit(documents: Iterable[Document], max_length: int, window: int, skip_rows: int = 0) -> Iterator[Row]:
+    """Best-fit decreasing over consecutive windows of `window` documents (a window ends early at an
+    epoch boundary): each document, longest first, goes to the row it fills most tightly. Then the
+    documents that follow in the stream top up the rows' gaps, tightest fit first, until one fits
+    nowhere: it opens the next window. Documents are never split.
+
+    Resuming stays exact with one position per rank: a window's rows are a function of the stream from
+    its first document, so a row's resume position is (that document, rows of the window done); the
+    last row of a window resumes after the last document the window took. `skip_rows` drops that many
+    rows of the first window."""
+    stream = iter(documents)
+    doc = next(stream, None)
+    while doc is not None:
+        window_docs: list[Document] = []
+        while doc is not None and len(window_docs) < window and (
+                not window_docs or doc.position.epoch == window_docs[0].position.epoch):
+            _check_fits(doc, max_length)
+            window_docs.append(doc)
+            doc = next(stream, None)
+        bins, free = _best_fit(window_docs, max_length)
+        while doc is not None:  # top up the gaps with what comes next, in stream order
+            _check_fits(doc, max_length)
+            at = bisect.bisect_left(free, (len(doc), -1))
+            if at == len(free):
+                break
+            _place(bins, free, at, len(window_docs), len(doc))
+            window_docs.append(doc)
+            doc = next(stream, None)
+        yield from _rows_of(window_docs, bins)[skip_rows:]
+        skip_rows = 0
+
+
+def _best_fit(docs: list[Document], max_length: int) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    bins: list[list[int]] = []  # document indices per row
+    free: list[tuple[int, int]] = []  # (free tokens, row index), sorted: bisect finds the tightest fit
+    for i in sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i)):
+        at = bisect.bisect_left(free, (len(docs[i]), -1))
+        if at == len(free):
+            bins.append([i])
+            bisect.insort(free, (max_length - len(docs[i]), len(bins) - 1))
+        else:
+            _place(bins, free, at, i, len(docs[i]))
+    return bins, free
+
+
+def _place(bins: list[list[int]], free: list[tuple[int, int]], at: int, doc: int, need: int) -> None:
+    room, b = free.pop(at)
+    bins[b].append(doc)
+    bisect.insort(free, (room - need, b))
+
+
+def _rows_of(docs: list[Document], bins: list[list[int]]) -> list[Row]:
+    """Rows in stream order of their first document, documents in stream order within a row."""
+    ordered = sorted((sorted(b) for b in bins), key=lambda b: b[0])
+    start = docs[0].position
+    rows = [Row([docs[i] for i in b], StreamPosition(start.epoch, start.taken, k + 1)) for k, b in enumerate(ordered)]
+    rows[-1].resume = docs[-1].position.next()
+    return rows
 
 
 def one_document_per_row(documents: Iterable[Document]) -> Iterator[Row]:
     for doc in documents:
-        yield Row([doc])
+        yield Row([doc], doc.position.next())
 
 
 @dataclass

@@ -29,20 +29,22 @@ class DataSourceError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class StreamPosition:
-    """Where one rank stands: `taken` of its items of `epoch` are behind it."""
+    """Where one rank stands: `taken` of its items of `epoch` are behind it. `packed_rows`: rows already
+    trained of the packing window that starts here (see packing.pack_best_fit); the stream ignores it."""
 
     epoch: int = 0
     taken: int = 0
+    packed_rows: int = 0
 
     def next(self) -> StreamPosition:
         return StreamPosition(self.epoch, self.taken + 1)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "taken": self.taken}
+        return {"epoch": self.epoch, "taken": self.taken, "packed_rows": self.packed_rows}
 
     @classmethod
     def from_dict(cls, d: dict) -> StreamPosition:
-        return cls(epoch=int(d["epoch"]), taken=int(d["taken"]))
+        return cls(epoch=int(d["epoch"]), taken=int(d["taken"]), packed_rows=int(d.get("packed_rows", 0)))
 
 
 def list_shards(path: str) -> list[str]:
