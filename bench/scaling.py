@@ -42,6 +42,7 @@ def run(layout: str, nproc: int, work: Path, args) -> dict:
         "eval": {"every_steps": 0, "probes": None},
         "logging": {"progress_bar": False, "wandb": {"mode": "disabled"}},
         "distributed": {"timeout_s": 300},
+        "monitor": {"on_nonfinite": "rollback"},  # `skip` does not exist under DeepSpeed; the same for every layout
     }  # fmt: skip
     config = work / f"{run_dir.name}.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
@@ -52,6 +53,8 @@ def run(layout: str, nproc: int, work: Path, args) -> dict:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(nproc),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            "-m", "bonsai.cli", "train", str(config)]  # fmt: skip
+    if layout == "ddp" and nproc == 1:  # Accelerate refuses --multi_gpu with one process: plain `bonsai train`
+        cmd = [sys.executable, "-m", "bonsai.cli", "train", str(config)]
     threads = max(1, (os.cpu_count() or 2) // nproc)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)

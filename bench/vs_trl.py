@@ -1,6 +1,6 @@
 """Bonsai vs TRL's SFTTrainer: the same tiny Phi, records, max length, rows per step and steps, on CPU.
 
-    .venv/bin/pip install trl          # not a Bonsai dependency; only this benchmark needs it
+    .venv/bin/pip install -e '.[bench]'   # TRL: not a Bonsai dependency; only this benchmark needs it
     .venv/bin/python bench/vs_trl.py   # --runs 3 --steps 60 --warmup 10 --max-length 256 --rows 8
 
 Each side runs in its own process, alternating (Bonsai, TRL packed, TRL padded, Bonsai, ...), so drift in

@@ -30,3 +30,15 @@ def test_loss_mask_covers_response_and_eos_only(tokenizer):
         assert response[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(response[:-1]) == record.output
         assert enc.num_target_tokens == len(response)
+
+
+def test_fast_path_token_ids_equal_the_tokenizer_call(tokenizer):
+    """token_ids skips transformers' wrapper: every sample text (ja, en, zh), a literal special token
+    and odd whitespace must still give exactly the tokenizer's ids."""
+    from bonsai.template import token_ids
+    from conftest import sample_records
+
+    texts = [t for r in sample_records() for t in (r["instruction"], r["input"], r["output"])]
+    texts += ["a<|endoftext|>b", "  two  spaces\n\ttab ", "", "絵文字 🙂 and ＡＢＣ"]
+    for text in texts:
+        assert token_ids(tokenizer, text) == tokenizer(text, add_special_tokens=False)["input_ids"], repr(text)
