@@ -189,6 +189,7 @@ class WandbConfig(_Section):
 
 class LoggingConfig(_Section):
     progress_bar: bool = True
+    """Shown only when stderr is a terminal."""
     wandb: WandbConfig = WandbConfig()
     peak_tflops_per_device: float | None = Field(None, gt=0)
     """Peak dense TFLOP/s of one device at the training precision, for the MFU estimate. Unset: known

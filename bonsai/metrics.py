@@ -103,6 +103,8 @@ class ConsoleLogger:
     """A progress bar over optimizer steps, with the latest loss; eval results as lines."""
 
     def __init__(self, total_steps: int, initial_step: int, enabled: bool):
+        # Only on a terminal: in a file (a SLURM log, a CI log) a redrawn bar is just noise.
+        enabled = enabled and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=initial_step, disable=not enabled, dynamic_ncols=True, unit="step")
         self._step = initial_step
 
