@@ -13,9 +13,7 @@ torch.cuda.max_memory_allocated on rank 0, logged by Bonsai as memory/max_alloca
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from common import free_port, step_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -51,11 +50,8 @@ def run(mode: str, args, work: Path) -> dict:
     config = work / f"{mode}.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     if full:  # ZeRO-2 on one GPU: DeepSpeed's optimizer and bf16 path, as on a multi-GPU box
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "zero2.yaml"),
-               "--num_processes", "1", "--main_process_port", str(port), "-m", "bonsai.cli", "train", str(config)]
+               "--num_processes", "1", "--main_process_port", str(free_port()), "-m", "bonsai.cli", "train", str(config)]
         if args.cpu:
             cmd[5:5] = ["--mixed_precision", "no"]
     else:
@@ -64,7 +60,7 @@ def run(mode: str, args, work: Path) -> dict:
                           env=os.environ | {"WANDB_MODE": "disabled"})
     if proc.returncode:
         raise RuntimeError(f"{mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rows = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    rows = list(step_rows(run_dir).values())
     timed = [r for r in rows if r["step"] > args.warmup]
     seconds = timed[-1]["time"] - rows[args.warmup - 1]["time"]
     tokens = timed[-1]["tokens_seen"] - rows[args.warmup - 1]["tokens_seen"]

@@ -13,7 +13,6 @@ its first update), and rank 0's peak RSS.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import free_port, step_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
@@ -47,11 +47,8 @@ def run(layout: str, nproc: int, work: Path, args) -> dict:
     config = work / f"{run_dir.name}.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     how = ["--multi_gpu"] if layout == "ddp" else ["--config_file", str(ROOT / "launch" / f"{layout}.yaml")]
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "bonsai.cli", "train", str(config)]  # fmt: skip
     if layout == "ddp" and nproc == 1:  # Accelerate refuses --multi_gpu with one process: plain `bonsai train`
         cmd = [sys.executable, "-m", "bonsai.cli", "train", str(config)]
@@ -60,7 +57,7 @@ def run(layout: str, nproc: int, work: Path, args) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
     if proc.returncode:
         raise RuntimeError(f"{layout} x{nproc} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    rows = step_rows(run_dir)
     memory = {int(m[1]): [float(x) for x in m.groups()[1:]] for m in ACCOUNTING.finditer(proc.stdout + proc.stderr)}
     per_rank = max(sum(v) for v in memory.values())
     return {

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import step_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -61,8 +62,7 @@ def run_bonsai(model_dir: Path, work: Path, args) -> dict:
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     subprocess.run([sys.executable, "-m", "bonsai.cli", "train", str(config)], check=True, capture_output=True,
                    timeout=1800, env=os.environ | {"WANDB_MODE": "disabled"})
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = {r["step"]: r for r in rows if "loss" in r}
+    rows = step_rows(run_dir)
     first, last = rows[args.warmup], rows[args.steps]
     tokens = last["tokens_seen"] - first["tokens_seen"]
     steps = args.steps - args.warmup

@@ -281,17 +281,16 @@ def _slurm(args) -> int:
               "max_restarts", "cpus_per_task", "job_name", "sbatch_args")
     opts = SubmitOptions(**{name: getattr(args, name) for name in fields})
     try:
-        job_id, script, command = submit(args.config, args.overrides, opts, dry_run=args.dry_run)
+        job = submit(args.config, args.overrides, opts, dry_run=args.dry_run)
     except (SlurmError, ConfigError, OSError) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
-    if job_id is None:
-        print(script, end="")
-        print(f"# would run: {shlex.join(command)}")
+    if job.job_id is None:
+        print(job.script, end="")
+        print(f"# would run: {shlex.join(job.command)}")
         return 0
-    log = command[2].rsplit("/slurm/", 1)[0] + f"/slurm-{job_id}.log"
-    print(f"submitted job {job_id}: {opts.nodes} node(s) x {opts.processes_per_node} process(es)\n"
-          f"  script: {command[2]}\n  log:    {log}\n  watch:  squeue -j {job_id}; tail -f {log}")
+    print(f"submitted job {job.job_id}: {opts.nodes} node(s) x {opts.processes_per_node} process(es)\n"
+          f"  script: {job.command[2]}\n  log:    {job.log}\n  watch:  squeue -j {job.job_id}; tail -f {job.log}")
     return 0
 
 

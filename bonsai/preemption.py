@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from pathlib import Path
+
+from bonsai.stream import write_jsonl
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", which is what a requeue does
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -82,6 +83,4 @@ def write_stopped(run_dir: Path, step: int, checkpoint: Path, reason: str) -> No
     """Tells the batch script that this run stopped on request with a complete checkpoint (the exit
     code alone does not survive `accelerate launch`, which reports any worker's non-zero exit as 1)."""
     record = {"step": step, "checkpoint": str(checkpoint), "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = run_dir / f".{STOPPED_FILE}.tmp"
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    tmp.replace(run_dir / STOPPED_FILE)
+    write_jsonl(run_dir / STOPPED_FILE, [record])  # one line: a JSON document, written atomically

@@ -26,6 +26,7 @@ SCONTROL_TIMEOUT_S = 30
 PORT_BASE, PORT_SPAN = 20000, 12000
 _BLOCK = r"(# >>> {name}[^\n]*\n)(.*?)(# <<< {name}\n)"
 _TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$")
+LOG_NAME = "slurm-%j.log"  # in the run dir; SLURM puts the job id for %j
 
 
 class SlurmError(RuntimeError):
@@ -87,7 +88,7 @@ def render(template: str, opts: SubmitOptions, run_dir: Path, workdir: Path) -> 
         f"--nodes={opts.nodes}",
         "--ntasks-per-node=1",
         f"--cpus-per-task={opts.cpus_per_task or opts.processes_per_node}",
-        f"--output={run_dir}/slurm-%j.log",
+        f"--output={run_dir / LOG_NAME}",
         "--open-mode=append",
         f"--signal=B:USR1@{opts.grace_s}",
         "--requeue",
@@ -122,9 +123,20 @@ def _replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + m.group(3), text, count=1)
 
 
+@dataclass
+class Submission:
+    job_id: str | None  # None for a dry run
+    script: str  # the rendered batch script
+    command: list[str]  # the sbatch command line
+    run_dir: Path
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / LOG_NAME.replace("%j", self.job_id or "JOBID")
+
+
 def submit(config: str, overrides: list[str], opts: SubmitOptions, dry_run: bool = False,
-           template: Path = TEMPLATE) -> tuple[str | None, str, list[str]]:
-    """Returns (job id or None for a dry run, the rendered script, the sbatch command)."""
+           template: Path = TEMPLATE) -> Submission:
     cfg = load_config(config, overrides)
     check_options(opts, cfg)
     if not template.is_file():
@@ -134,11 +146,11 @@ def submit(config: str, overrides: list[str], opts: SubmitOptions, dry_run: bool
     rendered = run_dir / "slurm" / "train.sbatch"
     command = ["sbatch", "--parsable", str(rendered), str(Path(config).resolve()), *overrides]
     if dry_run:
-        return None, script, command
+        return Submission(None, script, command, run_dir)
     rendered.parent.mkdir(parents=True, exist_ok=True)  # the log goes to run_dir: it must exist first
     rendered.write_text(script, encoding="utf-8")
-    proc = _run(command)
-    return proc.stdout.strip().split(";")[0], script, command
+    job_id = _run(command).stdout.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
+    return Submission(job_id, script, command, run_dir)
 
 
 # --- inside the job -------------------------------------------------------------------------------

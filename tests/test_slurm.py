@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bonsai.metrics import read_metrics
 from conftest import ROOT, base_config, losses, subprocess_env, write_config
 
 CLUSTER_SCRIPT = ROOT / "slurm" / "local_cluster.sh"
@@ -147,8 +148,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, reference
     assert "stop file" in stopped[0]["reason"], stopped  # the batch shell's request reached the ranks
     assert f"resumed from {stopped[0]['checkpoint']} at step {stopped[0]['step']}" in log
     # Every step exactly once in the metrics, with the uninterrupted run's loss.
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [row["step"] for row in read_metrics(run_dir) if "loss" in row]
     assert steps == list(range(1, STEPS + 1))
     assert losses(run_dir) == reference
     # W&B (offline here): the requeued run continued the same run id.
