@@ -97,6 +97,10 @@ class Dist:
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Tear the process group down; call once training is over on every rank."""
+        self.accelerator.state.destroy_process_group()
+
 
 def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
     deepspeed = launched_with_deepspeed()

@@ -203,6 +203,15 @@ def train(cfg: BonsaiConfig) -> int:
     started = time.perf_counter()
     accumulation = cfg.check_world_size(launcher_world_size())
     dist = setup_distributed(cfg, accumulation)
+    code = _train(cfg, dist, accumulation, started)
+    # Only on a clean return, where every rank got here together: tearing the group down while a peer
+    # is still inside a collective would hang. Without it, gloo's worker threads outlive the interpreter
+    # and a rank can abort at exit ("terminate called without an active exception") after training.
+    dist.close()
+    return code
+
+
+def _train(cfg: BonsaiConfig, dist: Dist, accumulation: int, started: float) -> int:
     run_dir = Path(cfg.train.output_dir)
     say = dist.accelerator.print
 
