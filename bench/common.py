@@ -1,17 +1,40 @@
-"""What the benchmark scripts share: a free port for `accelerate launch`, and a run's per-step rows."""
+"""What the benchmark scripts share: running `bonsai train` on a config, and a run's per-step rows."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import yaml
+
 from bonsai.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_bonsai(cfg: dict, config: Path, launch: list[str] | None = None, env: dict[str, str] | None = None,
+               timeout_s: int = 1800) -> subprocess.CompletedProcess:
+    """Writes `cfg` to `config` and trains on it: `bonsai train` directly, or under `accelerate launch`
+    with `launch`'s arguments (a free port added). W&B is off. A failed run raises with its output."""
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    train = ["-m", "bonsai.cli", "train", str(config)]
+    if launch is not None:
+        train = ["-m", "accelerate.commands.launch", *launch, "--main_process_port", str(free_port()), *train]
+    proc = subprocess.run([sys.executable, *train], capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
+                          env=os.environ | {"WANDB_MODE": "disabled", **(env or {})})
+    if proc.returncode:
+        raise RuntimeError(f"bonsai train {config.name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
+    return proc
 
 
 def step_rows(run_dir: Path) -> dict[int, dict]:

@@ -14,15 +14,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from common import ROOT, run_bonsai
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 PHI2_PARAMS, H100_BF16_FLOPS = 2.78e9, 989e12
 
@@ -63,10 +61,7 @@ def model_rate(work: Path) -> float:
     cfg["eval"] = {"every_steps": 0, "probes": None}
     cfg["logging"] = {"progress_bar": False, "wandb": {"mode": "disabled"}}
     cfg["model"]["cache_dir"] = str(work / "cache")
-    config = work / "train.yaml"
-    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "bonsai.cli", "train", str(config)], check=True, capture_output=True,
-                   timeout=1800, cwd=ROOT)
+    run_bonsai(cfg, work / "train.yaml")
     return json.loads((work / "train" / "summary.json").read_text())["tokens_per_s"]
 
 

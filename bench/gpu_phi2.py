@@ -13,17 +13,12 @@ torch.cuda.max_memory_allocated on rank 0, logged by Bonsai as memory/max_alloca
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from common import free_port, step_rows
+from common import ROOT, run_bonsai, step_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
     "phi2": {"hidden_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 51200,
              "max_position_embeddings": 2048},
@@ -47,19 +42,12 @@ def run(mode: str, args, work: Path) -> dict:
         "logging": {"progress_bar": False, "wandb": {"mode": "disabled"}, "peak_tflops_per_device": args.peak_tflops},
         "monitor": {"on_nonfinite": "rollback"},
     }  # fmt: skip
-    config = work / f"{mode}.yaml"
-    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    launch = None
     if full:  # ZeRO-2 on one GPU: DeepSpeed's optimizer and bf16 path, as on a multi-GPU box
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "zero2.yaml"),
-               "--num_processes", "1", "--main_process_port", str(free_port()), "-m", "bonsai.cli", "train", str(config)]
+        launch = ["--config_file", str(ROOT / "launch" / "zero2.yaml"), "--num_processes", "1"]
         if args.cpu:
-            cmd[5:5] = ["--mixed_precision", "no"]
-    else:
-        cmd = [sys.executable, "-m", "bonsai.cli", "train", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT,
-                          env=os.environ | {"WANDB_MODE": "disabled"})
-    if proc.returncode:
-        raise RuntimeError(f"{mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            launch += ["--mixed_precision", "no"]
+    run_bonsai(cfg, work / f"{mode}.yaml", launch, timeout_s=3600)
     rows = list(step_rows(run_dir).values())
     timed = [r for r in rows if r["step"] > args.warmup]
     seconds = timed[-1]["time"] - rows[args.warmup - 1]["time"]

@@ -16,16 +16,12 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from common import free_port, step_rows
+from common import ROOT, run_bonsai, step_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
 ACCOUNTING = re.compile(r"rank (\d+): params ([\d.]+) MiB, grads ([\d.]+) MiB, optimizer ([\d.]+) MiB, "
                         r"master_weights ([\d.]+) MiB")
@@ -44,19 +40,14 @@ def run(layout: str, nproc: int, work: Path, args) -> dict:
         "distributed": {"timeout_s": 300},
         "monitor": {"on_nonfinite": "rollback"},  # `skip` does not exist under DeepSpeed; the same for every layout
     }  # fmt: skip
-    config = work / f"{run_dir.name}.yaml"
-    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     how = ["--multi_gpu"] if layout == "ddp" else ["--config_file", str(ROOT / "launch" / f"{layout}.yaml")]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "bonsai.cli", "train", str(config)]  # fmt: skip
+    launch = [*how, "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
     if layout == "ddp" and nproc == 1:  # Accelerate refuses --multi_gpu with one process: plain `bonsai train`
-        cmd = [sys.executable, "-m", "bonsai.cli", "train", str(config)]
+        launch = None
     threads = max(1, (os.cpu_count() or 2) // nproc)
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
-    if proc.returncode:
-        raise RuntimeError(f"{layout} x{nproc} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    proc = run_bonsai(cfg, work / f"{run_dir.name}.yaml", launch,
+                      env={"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"})
     rows = step_rows(run_dir)
     memory = {int(m[1]): [float(x) for x in m.groups()[1:]] for m in ACCOUNTING.finditer(proc.stdout + proc.stderr)}
     per_rank = max(sum(v) for v in memory.values())

@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from common import step_rows
+from common import ROOT, run_bonsai, step_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 # Bigger than the demo's tiny Phi, so the model's compute, not Python overhead, dominates a step.
 SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
@@ -47,7 +45,7 @@ def build_model(cache: Path) -> Path:
     return build_tiny_phi(TinyPhiConfig(**SHAPE), str(SAMPLE), cache, seed=SEED)
 
 
-def run_bonsai(model_dir: Path, work: Path, args) -> dict:
+def bonsai_side(model_dir: Path, work: Path, args) -> dict:
     run_dir = work / f"bonsai-{time.time_ns()}"
     cfg = {
         "model": {"name_or_path": str(model_dir)},
@@ -58,10 +56,7 @@ def run_bonsai(model_dir: Path, work: Path, args) -> dict:
         "eval": {"every_steps": 0, "probes": None},
         "logging": {"progress_bar": False, "wandb": {"mode": "disabled"}},
     }  # fmt: skip
-    config = work / f"{run_dir.name}.yaml"
-    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "bonsai.cli", "train", str(config)], check=True, capture_output=True,
-                   timeout=1800, env=os.environ | {"WANDB_MODE": "disabled"})
+    run_bonsai(cfg, work / f"{run_dir.name}.yaml")
     rows = step_rows(run_dir)
     first, last = rows[args.warmup], rows[args.steps]
     tokens = last["tokens_seen"] - first["tokens_seen"]
@@ -170,7 +165,7 @@ def main() -> None:
     for run in range(args.runs):
         for side in sides:
             if side == "bonsai":
-                raw = run_bonsai(model_dir, work, args)
+                raw = bonsai_side(model_dir, work, args)
             else:
                 cmd = [sys.executable, __file__, "--worker", side, "--work", str(work), "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--max-length", str(args.max_length), "--rows", str(args.rows)]

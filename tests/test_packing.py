@@ -5,11 +5,10 @@ import itertools
 import pytest
 import torch
 
-from bonsai.config import ModelConfig
+from bonsai.config import DataConfig, ModelConfig
+from bonsai.dataset import RankData
 from bonsai.loss import forward_loss
 from bonsai.model import load_model
-from bonsai.config import DataConfig
-from bonsai.dataset import RankData
 from bonsai.packing import Document, Row, block_causal_mask, collate, pack_best_fit, pack_documents
 from bonsai.records import Record, Where
 from bonsai.stream import StreamPosition
