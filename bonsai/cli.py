@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train":
-        return _train(args)
+        return _end_training_process(_train(args))
     if args.command == "report":
         return _report(args)
     if args.command == "generate":
@@ -172,6 +172,25 @@ def _train(args) -> int:
     except CollectiveFailure as err:
         print(f"bonsai: {err}", file=sys.stderr, flush=True)
         return 4
+
+
+def _end_training_process(code: int) -> int:
+    """Under a launcher, end the process here, once the trainer has flushed and closed every log,
+    checkpoint and W&B run and torn the process group down. Interpreter shutdown after distributed
+    training can abort ("terminate called without an active exception": C++ threads of the comm
+    backends destroyed while joinable), turning a finished run into exit 1 and a FAILED SLURM job;
+    skipping that shutdown makes the exit code the trainer's."""
+    from bonsai.preemption import under_launcher_agent
+
+    if not under_launcher_agent():
+        return code
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _generate(args) -> int:

@@ -214,9 +214,22 @@ class MonitorConfig(_Section):
     """Steps over which the loss must still be falling; 0 turns the trend check off."""
     on_loss_spike: Policy = "warn"
     on_grad_spike: Policy = "warn"
-    on_nonfinite: Literal["skip", "rollback"] = "skip"
-    """A non-finite loss or gradient never reaches the weights, so `warn` is not offered here."""
+    on_nonfinite: Literal["auto", "skip", "rollback"] = "auto"
+    """A non-finite loss or gradient never reaches the weights, so `warn` is not offered here. `auto`:
+    `skip` under DDP, `rollback` under DeepSpeed (whose engine applies the update inside backward)."""
     max_rollbacks: int = Field(3, ge=0)
+
+    def for_strategy(self, deepspeed: bool) -> MonitorConfig:
+        """This config with `auto` resolved; an explicit `skip` under DeepSpeed is refused, not rewritten."""
+        skips = [k for k in ("on_loss_spike", "on_grad_spike", "on_nonfinite") if getattr(self, k) == "skip"]
+        if deepspeed and self.enabled and skips:
+            # The DeepSpeed engine reduces, clips and steps inside the last backward: there is no point
+            # between gradients and update where Bonsai could drop the step.
+            raise ConfigError(f"monitor.{skips[0]}=skip is not available under DeepSpeed (the engine applies the "
+                              f"update inside backward); use rollback or warn, e.g. monitor.{skips[0]}=rollback")
+        if self.on_nonfinite != "auto":
+            return self
+        return self.model_copy(update={"on_nonfinite": "rollback" if deepspeed else "skip"})
 
 
 class BonsaiConfig(_Section):

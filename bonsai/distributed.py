@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -103,6 +104,9 @@ class Dist:
 
 
 def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
+    # DeepSpeed calls these deprecated torch names in every step; the warning then floods the log.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
     deepspeed = launched_with_deepspeed()
     group = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
     if deepspeed and not torch.cuda.is_available():

@@ -43,7 +43,11 @@ def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype):
     )
     model.config.use_cache = False  # no KV cache in training; it only costs memory
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.24 renamed it (the old name warns on every rank); older 5.x has only the old one.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.finetune == "lora":
         model = wrap_lora(model, cfg)
     return model

@@ -25,6 +25,18 @@ DEADLINE_MARGIN_S = 60.0
 STOPPED_FILE = "stopped.json"  # written once the stop checkpoint is complete; slurm/train.sbatch reads it
 
 
+def under_launcher_agent() -> bool:
+    """torchrun's elastic agent (which `accelerate launch` runs) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def preempted_exit_code() -> int:
+    """EXIT_PREEMPTED when run directly. Under torchrun's agent, 0: the agent turns any other code into
+    its own 1 and a ChildFailedError traceback, which a script cannot tell from a crash. There the
+    stop is told apart by RUN_DIR/stopped.json (what slurm/train.sbatch reads)."""
+    return 0 if under_launcher_agent() else EXIT_PREEMPTED
+
+
 def deadline_reached(now: float, deadline: float | None, longest_step_s: float, longest_checkpoint_s: float,
                      margin_s: float = DEADLINE_MARGIN_S) -> bool:
     """Would one more step plus a checkpoint risk running past the deadline?"""

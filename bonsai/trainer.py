@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from bonsai.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from bonsai.config import BonsaiConfig, ConfigError, redact, save_resolved
+from bonsai.config import BonsaiConfig, redact, save_resolved
 from bonsai.deepspeed_config import fill_deepspeed_config
 from bonsai.dataset import RankData, describe_bad_records
 from bonsai.distributed import CollectiveFailure, Dist, is_peer_failure, launcher_world_size, setup_distributed
@@ -28,9 +28,9 @@ from bonsai.loss import BREAKDOWN_KEYS, breakdown_metrics, breakdown_sums, forwa
 from bonsai.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
 from bonsai.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, strongest_action
-from bonsai.model import count_parameters, load_model, load_tokenizer, resolve_checkpoint, save_final_model
+from bonsai.model import count_parameters, load_model, numel, load_tokenizer, resolve_checkpoint, save_final_model
 from bonsai.packing import Row
-from bonsai.preemption import EXIT_PREEMPTED, StopRequest, write_stopped
+from bonsai.preemption import StopRequest, preempted_exit_code, write_stopped
 from bonsai.stream import StreamPosition, write_jsonl
 from bonsai.throughput import flops_per_token, memory_metrics, peak_flops_per_device, training_state_bytes
 from bonsai.wandb_logger import resolve_mode
@@ -125,16 +125,20 @@ def _scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run_dir: Path) -> 
     return counts
 
 
-def _build_optimizer(model, cfg: BonsaiConfig) -> torch.optim.Optimizer:
+def _build_optimizer(model, cfg: BonsaiConfig) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW, and a line that says which tensors it decays (a lost decay is otherwise silent)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    # No weight decay on biases and norms (1-D tensors), as in GPT-style recipes.
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
+    # No weight decay on biases and norms (1-D tensors), as in GPT-style recipes. Under ZeRO-3 a
+    # parameter may already be an empty 1-D placeholder: its real shape is `ds_shape`.
+    decayed = [p for p in params if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    kept = [p for p in params if len(getattr(p, "ds_shape", p.shape)) < 2]
+    groups = [{"params": decayed, "weight_decay": cfg.train.weight_decay}, {"params": kept, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps
     )
+    summary = (f"optimizer: AdamW, weight decay {cfg.train.weight_decay} on {len(decayed)} weight matrices "
+               f"({sum(numel(p) for p in decayed):,} parameters), none on {len(kept)} biases and norms")
+    return optimizer, summary
 
 
 def _loggers(cfg: BonsaiConfig, run_dir: Path, state: TrainerState, say) -> FanOut:
@@ -190,16 +194,11 @@ def _configure_deepspeed(dist: Dist, cfg: BonsaiConfig, accumulation: int) -> No
     fill_deepspeed_config(plugin.deepspeed_config, cfg, accumulation, dist.world_size,
                           dist.accelerator.mixed_precision,
                           source=os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the DeepSpeed config"))
-    skips = [k for k in ("on_loss_spike", "on_grad_spike", "on_nonfinite") if getattr(cfg.monitor, k) == "skip"]
-    if cfg.monitor.enabled and skips:
-        # The DeepSpeed engine reduces, clips and steps inside the last backward: there is no point
-        # between gradients and update where Bonsai could drop the step.
-        raise ConfigError(f"monitor.{skips[0]}=skip is not available under DeepSpeed (the engine applies the update "
-                          f"inside backward); use rollback or warn, e.g. monitor.{skips[0]}=rollback")
+    cfg.monitor.for_strategy(deepspeed=True)  # refuses an explicit `skip` before any work
 
 
 def train(cfg: BonsaiConfig) -> int:
-    """Returns the process exit code: 0 done, EXIT_PREEMPTED stopped by a signal after checkpointing."""
+    """Returns the process exit code: 0 done; `preempted_exit_code()` stopped by a signal after checkpointing."""
     started = time.perf_counter()
     accumulation = cfg.check_world_size(launcher_world_size())
     dist = setup_distributed(cfg, accumulation)
@@ -234,7 +233,8 @@ def _train(cfg: BonsaiConfig, dist: Dist, accumulation: int, started: float) -> 
         f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation {accumulation}")
     if dist.is_deepspeed:
         _configure_deepspeed(dist, cfg, accumulation)
-    optimizer = _build_optimizer(model, cfg)
+    optimizer, optimizer_summary = _build_optimizer(model, cfg)
+    say(optimizer_summary)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, cfg.train.num_warmup_steps, cfg.train.max_steps, min_lr_rate=cfg.train.min_lr_ratio
     )
@@ -255,7 +255,7 @@ def _train(cfg: BonsaiConfig, dist: Dist, accumulation: int, started: float) -> 
     rows = TrainRows(data, state.position_for(dist.rank))
     pad_id = tokenizer.pad_token_id
     pad_to = cfg.data.max_length if cfg.data.packing else None
-    detector = SpikeDetector(cfg.monitor) if cfg.monitor.enabled else None
+    detector = SpikeDetector(cfg.monitor.for_strategy(dist.is_deepspeed)) if cfg.monitor.enabled else None
     tracker = RecordLossTracker.load(checkpoint_record_stats_path(latest, dist.rank)) if latest else RecordLossTracker()
 
     def checkpoint() -> Path:
@@ -289,8 +289,9 @@ def _train(cfg: BonsaiConfig, dist: Dist, accumulation: int, started: float) -> 
                 dist.barrier()  # a rank that exits early can make srun kill rank 0 before it wrote that
                 # Every rank says why it stops: the one that got the signal is the one to look for.
                 print(f"rank {dist.rank}: stop requested ({stop_reason}): "
-                      f"checkpointed step {state.step}, exiting with {EXIT_PREEMPTED}", flush=True)
-                return EXIT_PREEMPTED
+                      f"checkpointed step {state.step}, exiting with {preempted_exit_code()} "
+                      f"(resume: run the same command again)", flush=True)
+                return preempted_exit_code()
             events = _monitor_step(dist, detector, tracker, stats, state.step + 1, taken[-1].resume) if detector else []
             action = strongest_action(events)
             rollback_to = latest_checkpoint(run_dir) if action == "rollback" else None

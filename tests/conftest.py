@@ -82,16 +82,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(config: Path, overrides: list[str] = (), nproc: int = 1, launch: str | None = None) -> list[str]:
-    """`bonsai train` as a user runs it: directly for one process, under `accelerate launch` for more
-    (with one of the shipped launch/ configs when `launch` names it, e.g. "zero3")."""
+def train_command(config: Path, overrides: list[str] = (), nproc: int = 1, launch: str | None = None,
+                  port: int | None = None) -> list[str]:
+    """`bonsai train` as a user runs it: directly for one process, else `accelerate launch` with one of
+    the shipped launch/ configs as it is (`launch` names it, e.g. "zero3"; "ddp" by default). Only the
+    process count and a free port are given on the command line."""
     if nproc == 1 and launch is None:
         return [sys.executable, "-m", "bonsai.cli", "train", str(config), *overrides]
-    how = ["--config_file", str(ROOT / "launch" / f"{launch}.yaml")] if launch else ["--multi_gpu", "--num_machines", "1"]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", *how,
-        "--num_processes", str(nproc), "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / f"{launch or 'ddp'}.yaml"),
+        "--num_processes", str(nproc), "--main_process_port", str(port or free_port()),
         "-m", "bonsai.cli", "train", str(config), *overrides,
     ]  # fmt: skip
 

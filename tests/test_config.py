@@ -25,11 +25,17 @@ def test_every_shipped_config_validates():
             assert cfg.check_world_size(world) >= 1
 
 
-def test_phi2_configs_target_phi2_with_bf16():
+def test_phi2_configs_target_phi2_in_bf16_where_the_gpu_has_it():
+    import torch
+
+    from bonsai.distributed import resolve_precision
+
     for name, finetune in (("phi2_lora.yaml", "lora"), ("phi2_full.yaml", "full")):
         cfg = load_config(ROOT / "configs" / name)
         assert cfg.model.name_or_path == "microsoft/phi-2"
-        assert cfg.model.finetune == finetune and cfg.train.precision == "bf16"
+        assert cfg.model.finetune == finetune and cfg.train.precision == "auto"
+        bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        assert resolve_precision(cfg.train.precision) == ("bf16" if bf16_gpu else "no")
         assert not cfg.model.trust_remote_code
     lora = load_config(ROOT / "configs" / "phi2_lora.yaml").model.lora
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"}
