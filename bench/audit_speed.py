@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bonsai.audit import audit  # noqa: E402
+from bonsai.data.audit import audit  # noqa: E402
 
 
 def make_records(n: int) -> list[dict]:

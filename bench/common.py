@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from bonsai.metrics import read_metrics
+from bonsai.observe.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,7 +39,7 @@ def write_dataset(directory: Path, n: int, shards: int = 8) -> Path:
 
 def pipeline_rate(data_dir: Path, tokenizer, max_length: int) -> dict:
     from bonsai.config import DataConfig
-    from bonsai.dataset import RankData
+    from bonsai.data.dataset import RankData
 
     data = RankData(DataConfig(path=str(data_dir), max_length=max_length, packing=True, eval_fraction=0.0),
                     tokenizer, seed=1, rank=0, world_size=1)
@@ -73,13 +73,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from bonsai.config import ModelConfig, TinyPhiConfig
-    from bonsai.model import load_tokenizer
-    from bonsai.tiny import build_tiny_phi
+    from bonsai.model.loading import load_tokenizer
+    from bonsai.model.source import tiny_phi_for
 
     work = Path(tempfile.mkdtemp(prefix="bonsai-pipeline-"))
     data_dir = write_dataset(work / "data", args.records)
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    model_dir = build_tiny_phi(TinyPhiConfig(**demo["model"]["tiny"]), str(SAMPLE), work / "cache", seed=demo["train"]["seed"])
+    model_dir = tiny_phi_for(str(SAMPLE), TinyPhiConfig(**demo["model"]["tiny"]), work / "cache", seed=demo["train"]["seed"])
     tokenizer = load_tokenizer(str(model_dir), ModelConfig(name_or_path=str(model_dir)))
 
     runs = [pipeline_rate(data_dir, tokenizer, args.max_length) for _ in range(args.runs)]

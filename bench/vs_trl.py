@@ -40,9 +40,9 @@ SEED, LR, WARMUP_STEPS = 42, 1e-3, 5
 
 def build_model(cache: Path) -> Path:
     from bonsai.config import TinyPhiConfig
-    from bonsai.tiny import build_tiny_phi
+    from bonsai.model.source import tiny_phi_for
 
-    return build_tiny_phi(TinyPhiConfig(**SHAPE), str(SAMPLE), cache, seed=SEED)
+    return tiny_phi_for(str(SAMPLE), TinyPhiConfig(**SHAPE), cache, seed=SEED)
 
 
 def bonsai_side(model_dir: Path, work: Path, args) -> dict:
@@ -77,8 +77,8 @@ def trl_worker(model_dir: Path, work: Path, args, packed: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from bonsai.dataset import read_valid_records
-    from bonsai.template import render_prompt
+    from bonsai.data.dataset import read_valid_records
+    from bonsai.data.template import render_prompt
 
     records = [r for p in sorted(SAMPLE.glob("*.jsonl")) for r in read_valid_records(str(p))]
     dataset = Dataset.from_list([{"prompt": render_prompt(r), "completion": r.output} for r in records])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bonsai.config import CATEGORIES, LANGUAGES, ConfigError, DecodeConfig, load_config, to_yaml
+from bonsai.config import ConfigError, DecodeConfig, load_config, to_yaml
+from bonsai.data.records import CATEGORIES, LANGUAGES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,11 +151,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from bonsai.checkpoint import CheckpointMismatch
-    from bonsai.distributed import CollectiveFailure, WorldSizeMismatch, launcher_world_size
-    from bonsai.records import BadRecord
-    from bonsai.stream import DataSourceError
-    from bonsai.trainer import DataError, TrainingUnstable, train
+    from bonsai.train.distributed import launcher_world_size
+    from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, TrainingUnstable, WorldSizeMismatch
+    from bonsai.data.records import BadRecord
+    from bonsai.data.stream import DataSourceError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -162,6 +162,8 @@ def _train(args) -> int:
         if args.dry_run:
             print(to_yaml(cfg), end="")
             return 0
+        from bonsai.train.trainer import train
+
         return train(cfg)
     except (ConfigError, DataSourceError, DataError, BadRecord, CheckpointMismatch, WorldSizeMismatch) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
@@ -180,7 +182,7 @@ def _end_training_process(code: int) -> int:
     training can abort ("terminate called without an active exception": C++ threads of the comm
     backends destroyed while joinable), turning a finished run into exit 1 and a FAILED SLURM job;
     skipping that shutdown makes the exit code the trainer's."""
-    from bonsai.preemption import under_launcher_agent
+    from bonsai.train.preemption import under_launcher_agent
 
     if not under_launcher_agent():
         return code
@@ -196,10 +198,10 @@ def _end_training_process(code: int) -> int:
 def _generate(args) -> int:
     import json
 
-    from bonsai.data_checks import script_language
-    from bonsai.generation import generate, generation_rows, load_probes
-    from bonsai.model import load_for_inference
-    from bonsai.records import BadRecord, Record
+    from bonsai.data.checks import script_language
+    from bonsai.evaluate.generation import generate, generation_rows, load_probes
+    from bonsai.model.loading import load_for_inference
+    from bonsai.data.records import BadRecord, Record
 
     try:
         decode = _decode_config(args)
@@ -227,7 +229,7 @@ def _generate(args) -> int:
 def _eval(args) -> int:
     from pathlib import Path
 
-    from bonsai.compare import compare, table_text
+    from bonsai.evaluate.compare import compare, table_text
 
     try:
         summary = compare(args.models, args.data, Path(args.out), _decode_config(args), args.generate_limit)
@@ -242,15 +244,16 @@ def _eval(args) -> int:
 def _data(args) -> int:
     from pathlib import Path
 
-    from bonsai import audit, datatools
-    from bonsai.stream import DataSourceError
+    from bonsai.data import audit
+    from bonsai.data import tools as datatools
+    from bonsai.data.stream import DataSourceError
 
     try:
         if args.data_command == "audit":
             tokenizer = None
             if args.tokenizer:
                 from bonsai.config import ModelConfig
-                from bonsai.model import load_tokenizer
+                from bonsai.model.loading import load_tokenizer
 
                 tokenizer = load_tokenizer(args.tokenizer, ModelConfig(name_or_path=args.tokenizer))
             report = audit.audit(args.paths, tokenizer, args.max_length, args.min_output_units)
@@ -280,7 +283,7 @@ def _data(args) -> int:
 def _export(args) -> int:
     from pathlib import Path
 
-    from bonsai.export import ExportError, export_checkpoint
+    from bonsai.train.export import ExportError, export_checkpoint
 
     try:
         written = export_checkpoint(Path(args.checkpoint), Path(args.out))
@@ -294,7 +297,7 @@ def _export(args) -> int:
 def _slurm(args) -> int:
     import shlex
 
-    from bonsai.slurm import SlurmError, SubmitOptions, submit
+    from bonsai.cluster.slurm import SlurmError, SubmitOptions, submit
 
     fields = ("nodes", "gpus_per_node", "procs_per_node", "partition", "time", "launch_config", "grace_s",
               "max_restarts", "cpus_per_task", "job_name", "sbatch_args")
@@ -314,7 +317,7 @@ def _slurm(args) -> int:
 
 
 def _report(args) -> int:
-    from bonsai.report import summary_text, write_report
+    from bonsai.observe.report import summary_text, write_report
 
     try:
         print(summary_text(write_report(args.run_dir)))

@@ -11,19 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from bonsai.io import write_text_atomic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TINY_PHI = "tiny-phi"
-CATEGORIES = (
-    "open_qa",
-    "closed_qa",
-    "classification",
-    "brainstorming",
-    "creative",
-    "translation",
-    "question_to_question",
-)
-LANGUAGES = ("ja", "en", "zh")
 # Phi-2's attention and MLP projections; LoRA on all of them is what its fine-tuning recipes use.
 PHI_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 
@@ -323,7 +314,4 @@ def to_yaml(cfg: BonsaiConfig) -> str:
 
 
 def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, to_yaml(cfg))

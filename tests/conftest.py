@@ -25,15 +25,15 @@ def model_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(model_cache) -> Path:
     from bonsai.config import TinyPhiConfig
-    from bonsai.tiny import build_tiny_phi
+    from bonsai.model.source import tiny_phi_for
 
-    return build_tiny_phi(TinyPhiConfig(), str(SAMPLE), model_cache, seed=42)
+    return tiny_phi_for(str(SAMPLE), TinyPhiConfig(), model_cache, seed=42)
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_dir):
     from bonsai.config import ModelConfig
-    from bonsai.model import load_tokenizer
+    from bonsai.model.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir)))
 
@@ -114,6 +114,6 @@ def run_train(config: Path, overrides: list[str] = (), nproc: int = 1, check: bo
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    from bonsai.metrics import read_metrics
+    from bonsai.observe.metrics import read_metrics
 
     return {row["step"]: row["loss"] for row in read_metrics(run_dir) if "loss" in row}

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from bonsai.config import DataConfig
-from bonsai.dataset import RankData
-from bonsai.records import BadRecord
-from bonsai.stream import StreamPosition
+from bonsai.data.dataset import RankData
+from bonsai.data.records import BadRecord
+from bonsai.data.stream import StreamPosition
 from conftest import base_config, losses, run_train, sample_records, write_config
 
 GOOD = {"id": "g", "instruction": "Say hi.", "input": "", "output": "Hi.", "category": "open_qa", "lang": "en"}

@@ -6,10 +6,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from bonsai.checkpoint import (TMP_PREFIX, CheckpointMismatch, TrainerState, checkpoints_dir, latest_checkpoint,
+from bonsai.errors import CheckpointMismatch
+from bonsai.train.checkpoint import (TMP_PREFIX, TrainerState, checkpoints_dir, latest_checkpoint,
                                list_checkpoints, load_checkpoint, save_checkpoint)
 from bonsai.config import config_from_dict
-from bonsai.distributed import Dist
+from bonsai.train.distributed import Dist
 from conftest import base_config
 
 

@@ -28,7 +28,7 @@ def test_every_shipped_config_validates():
 def test_phi2_configs_target_phi2_in_bf16_where_the_gpu_has_it():
     import torch
 
-    from bonsai.distributed import resolve_precision
+    from bonsai.train.distributed import resolve_precision
 
     for name, finetune in (("phi2_lora.yaml", "lora"), ("phi2_full.yaml", "full")):
         cfg = load_config(ROOT / "configs" / name)

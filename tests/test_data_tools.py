@@ -6,11 +6,12 @@ import sys
 
 import pytest
 
-from bonsai.audit import audit
+from bonsai.data.audit import audit
 from bonsai.config import DataConfig
-from bonsai.dataset import RankData, read_valid_records
-from bonsai.datatools import ConvertError, ManifestMismatch, convert, publish, shard
-from bonsai.stream import StreamPosition
+from bonsai.data.dataset import RankData, read_valid_records
+from bonsai.data.tools import ConvertError, convert, publish, shard
+from bonsai.data.stream import ManifestMismatch
+from bonsai.data.stream import StreamPosition
 from conftest import ROOT, SAMPLE, sample_records, subprocess_env, write_shards
 
 

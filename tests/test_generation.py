@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from bonsai.config import CATEGORIES, LANGUAGES, DecodeConfig
-from bonsai.generation import cut_at_stop, generate, load_probes, prompt_batch
-from bonsai.records import BadRecord, Record
-from bonsai.template import encode_record, render_prompt
-from bonsai.textmetrics import longest_repeated_span, quality_metrics, repetition_metrics, units
+from bonsai.config import DecodeConfig
+from bonsai.data.records import CATEGORIES, LANGUAGES
+from bonsai.evaluate.generation import cut_at_stop, generate, load_probes, prompt_batch
+from bonsai.data.records import BadRecord, Record
+from bonsai.data.template import encode_record, render_prompt
+from bonsai.data.textmetrics import longest_repeated_span, quality_metrics, repetition_metrics, units
 
 
 def test_generation_prompt_is_the_training_prompt_byte_for_byte(tokenizer):

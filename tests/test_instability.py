@@ -119,7 +119,7 @@ def test_rollback_resumes_from_checkpoint_past_the_bad_window_and_is_capped(tmp_
 
 
 def test_probes_are_generated_during_training_and_logged(planted_run):
-    from bonsai.generation import load_probes
+    from bonsai.evaluate.generation import load_probes
 
     run_dir, _, _ = planted_run
     rows = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
@@ -133,3 +133,56 @@ def test_probes_are_generated_during_training_and_logged(planted_run):
     assert any("probe/repeated_3gram_ratio/category/translation" in m and m["step"] == 200 for m in metrics)
     tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/probes_*.table.json"))
     assert max(len(json.loads(t.read_text())["data"]) for t in tables) == 2 * len(probes)
+
+
+def test_detector_state_survives_a_resume(tmp_path, model_cache):
+    """A run stopped by SIGTERM and resumed flags the same events (step, kind) as an uninterrupted run,
+    a spike within the detector's warm-up after the resume included: the detector's window, trend and
+    step count are in the checkpoint (they were once rebuilt empty, blind for 20 steps per requeue)."""
+    import os
+    import signal
+    import time
+
+    from conftest import train_command
+
+    records, _ = planted_records()
+    data = write_shards(tmp_path / "data", records)
+
+    def config(name):
+        cfg = base_config(tmp_path / name, model_cache, data)
+        cfg["data"]["eval_fraction"] = 0.0
+        cfg["train"].update(max_steps=110, micro_batch_size=4, lr=3e-3, warmup_steps=10)
+        cfg["monitor"] = {"loss_z": 2.0, "grad_z": 2.0, "trend_window": 30}  # low: a few events in 110 steps
+        cfg["eval"] = {"probes": None}
+        cfg["logging"]["wandb"] = {"mode": "disabled"}
+        return write_config(tmp_path / f"{name}.yaml", cfg)
+
+    def events(name):
+        path = tmp_path / name / "events.jsonl"
+        return [(e["step"], e["kind"]) for e in map(json.loads, path.read_text().splitlines())] if path.exists() else []
+
+    run_train(config("straight"))
+    reference = events("straight")
+    spikes = [step for step, kind in reference if kind.endswith("_spike") and step >= 40]
+    assert spikes, f"no spike past step 40 to test with: {reference}"
+    stop_after = spikes[0] - 10  # the resumed run must flag it within its first 20 steps
+
+    interrupted = config("interrupted")
+    proc = subprocess.Popen(train_command(interrupted), cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "interrupted" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and any(json.loads(l)["step"] >= stop_after for l in metrics.read_text().splitlines()):
+                os.kill(proc.pid, signal.SIGTERM)
+                break
+            time.sleep(0.02)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, output[-3000:]
+    stopped_at = json.loads((tmp_path / "interrupted" / "stopped.json").read_text())["step"]
+    assert stopped_at < spikes[0] <= stopped_at + 20, (stopped_at, spikes[0])
+    run_train(interrupted)
+    assert events("interrupted") == reference

@@ -4,9 +4,9 @@ import math
 import random
 
 from bonsai.config import MonitorConfig
-from bonsai.data_checks import find_contradictions, find_language_mismatches, script_language
-from bonsai.monitor import SpikeDetector, strongest_action
-from bonsai.records import Record
+from bonsai.data.checks import find_contradictions, find_language_mismatches, script_language
+from bonsai.observe.monitor import SpikeDetector, strongest_action
+from bonsai.data.records import Record
 from conftest import sample_records
 
 
@@ -92,8 +92,8 @@ def test_flops_per_token_follows_the_documented_formula(tiny_dir):
     import torch
 
     from bonsai.config import ModelConfig
-    from bonsai.model import load_model
-    from bonsai.throughput import flops_per_token
+    from bonsai.model.loading import load_model
+    from bonsai.observe.throughput import flops_per_token
 
     full = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir)), torch.float32)
     n = sum(p.numel() for p in full.parameters())
@@ -102,3 +102,22 @@ def test_flops_per_token_follows_the_documented_formula(tiny_dir):
     lora = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir), finetune="lora"), torch.float32)
     adapters = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert flops_per_token(lora, 256) == 6 * adapters + 4 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * 256
+
+
+def test_a_detector_restored_from_its_state_decides_as_the_original():
+    """What resuming from a checkpoint does: the restored detector sees a spike 5 steps after the
+    restore that a fresh one (still in its warm-up) would miss."""
+    losses = _falling_noisy(200)
+    losses[155] += 1.0
+    cfg = MonitorConfig(trend_window=50)
+    straight = _run(SpikeDetector(cfg), losses)
+    first = SpikeDetector(cfg)
+    _run(first, losses[:150])
+    restored = SpikeDetector(cfg)
+    restored.load_state_dict(first.state_dict())
+    grads = [1.0 + 0.01 * (i % 7) for i in range(200)]  # as _run gives them
+    tail = [e for i, (l, g) in enumerate(zip(losses[150:], grads[150:])) for e in restored.check(151 + i, l, g)]
+    assert [(e.step, e.kind) for e in tail] == [(e.step, e.kind) for e in straight if e.step > 150]
+    assert (156, "loss_spike") in [(e.step, e.kind) for e in tail]
+    fresh = SpikeDetector(cfg)
+    assert not [e for i, l in enumerate(losses[150:]) for e in fresh.check(151 + i, l, 1.0)]

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from bonsai.config import DataConfig, ModelConfig
-from bonsai.dataset import RankData
-from bonsai.loss import forward_loss
-from bonsai.model import load_model
-from bonsai.packing import Document, Row, block_causal_mask, collate, pack_best_fit, pack_documents
-from bonsai.records import Record, Where
-from bonsai.stream import StreamPosition
-from bonsai.template import encode_record
+from bonsai.data.dataset import RankData
+from bonsai.model.loss import forward_loss
+from bonsai.model.loading import load_model
+from bonsai.data.packing import Document, Row, block_causal_mask, collate, pack_best_fit, pack_documents
+from bonsai.data.records import Record, Where
+from bonsai.data.stream import StreamPosition
+from bonsai.data.template import encode_record
 from conftest import SAMPLE, sample_records
 
 

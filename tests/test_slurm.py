@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bonsai.metrics import read_metrics
+from bonsai.observe.metrics import read_metrics
 from conftest import ROOT, base_config, losses, subprocess_env, write_config
 
 CLUSTER_SCRIPT = ROOT / "slurm" / "local_cluster.sh"

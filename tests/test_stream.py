@@ -6,9 +6,9 @@ import fsspec
 import pytest
 
 from bonsai.config import DataConfig
-from bonsai.dataset import RankData
-from bonsai.records import in_eval_split
-from bonsai.stream import DataSourceError, StreamPosition, list_shards
+from bonsai.data.dataset import RankData
+from bonsai.data.records import in_eval_split
+from bonsai.data.stream import DataSourceError, StreamPosition, list_shards
 from conftest import SAMPLE, sample_records
 
 

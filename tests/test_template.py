@@ -1,7 +1,7 @@
 """The template shows the category; the loss mask covers the response and EOS only."""
 
-from bonsai.records import Record
-from bonsai.template import IGNORE_INDEX, encode_prompt, encode_record, render_prompt
+from bonsai.data.records import Record
+from bonsai.data.template import IGNORE_INDEX, encode_prompt, encode_record, render_prompt
 
 TRANSLATION = Record(id="t1", instruction="次の日本語を英語に翻訳してください。", input="おはようございます。",
                      output="Good morning.", category="translation", lang="en", source_lang="ja")
@@ -35,7 +35,7 @@ def test_loss_mask_covers_response_and_eos_only(tokenizer):
 def test_fast_path_token_ids_equal_the_tokenizer_call(tokenizer):
     """token_ids skips transformers' wrapper: every sample text (ja, en, zh), a literal special token
     and odd whitespace must still give exactly the tokenizer's ids."""
-    from bonsai.template import token_ids
+    from bonsai.data.template import token_ids
     from conftest import sample_records
 
     texts = [t for r in sample_records() for t in (r["instruction"], r["input"], r["output"])]

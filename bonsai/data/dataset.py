@@ -1,0 +1,144 @@
+"""From shard items to documents: parse, validate, pick the split, tokenize with the template.
+
+Bad records are handled by `data.on_bad_record`: `error` stops at start-up with the file, line and
+field of each bad record; `skip` lists each one in quarantine/ and counts it. A scan of the rank's
+share of the data runs once before training, so an error never surfaces hours into a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bonsai.config import DataConfig
+from bonsai.data.packing import Document, Row, one_document_per_row, pack_best_fit, pack_documents
+from bonsai.data.records import BadRecord, Record, in_eval_split, validate_record
+from bonsai.data.records import Where
+from bonsai.data.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard, sha256_of, verify_manifest
+from bonsai.data.template import encode_record, render_prompt
+
+Split = Literal["train", "eval"]
+MAX_ERRORS_SHOWN = 20
+
+
+@dataclass
+class ScanReport:
+    """One epoch of one rank's share, checked."""
+
+    train_records: int = 0
+    eval_records: int = 0
+    train_target_tokens: int = 0
+    bad: list[BadRecord] = field(default_factory=list)
+
+
+class RankData:
+    """One rank's view of the dataset: its documents and rows, for either split."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, rank: int, world_size: int):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shards = list_shards(cfg.path)
+        verify_manifest(cfg.path, self.shards)
+        self.skipped = 0
+
+    def _prepare(self, position: StreamPosition, where, payload) -> tuple[Split, Document]:
+        record = validate_record(parse_payload(payload, where), where)
+        encoded = encode_record(self.tokenizer, record)
+        if len(encoded.input_ids) > self.cfg.max_length:
+            raise BadRecord(
+                where,
+                "(record)",
+                f"{len(encoded.input_ids)} tokens with the template exceed data.max_length {self.cfg.max_length}",
+                record.id,
+            )
+        split: Split = "eval" if in_eval_split(record.id, self.cfg.eval_fraction) else "train"
+        return split, Document(record, encoded, where, position)
+
+    def _items(self, start: StreamPosition, epochs: int | None, shuffle: bool):
+        window = self.cfg.shuffle_window if shuffle else 1
+        return rank_items(
+            self.shards,
+            seed=self.seed,
+            window=window,
+            rank=self.rank,
+            world_size=self.world_size,
+            start=start,
+            epochs=epochs,
+        )
+
+    def scan(self) -> ScanReport:
+        report = ScanReport()
+        for position, where, payload in self._items(StreamPosition(), epochs=1, shuffle=False):
+            try:
+                split, doc = self._prepare(position, where, payload)
+            except BadRecord as bad:
+                report.bad.append(bad)
+                continue
+            if split == "train":
+                report.train_records += 1
+                report.train_target_tokens += doc.encoded.num_target_tokens
+            else:
+                report.eval_records += 1
+        return report
+
+    def documents(self, split: Split, start: StreamPosition, epochs: int | None) -> Iterator[Document]:
+        """Train: shuffled, epoch after epoch. Eval: file order. Bad records were reported by `scan`;
+        here they are skipped under `skip` and raise under `error` (the data changed since the scan)."""
+        for position, where, payload in self._items(start, epochs, shuffle=split == "train"):
+            try:
+                doc_split, doc = self._prepare(position, where, payload)
+            except BadRecord:
+                if self.cfg.on_bad_record == "error":
+                    raise
+                self.skipped += 1
+                continue
+            if doc_split == split:
+                yield doc
+
+    def rows(self, split: Split, start: StreamPosition = StreamPosition(), epochs: int | None = None) -> Iterator[Row]:
+        docs = self.documents(split, start, epochs)
+        if not self.cfg.packing:
+            return one_document_per_row(docs)
+        if self.cfg.pack_window == 0:
+            return pack_documents(docs, self.cfg.max_length)
+        return pack_best_fit(docs, self.cfg.max_length, self.cfg.pack_window, skip_rows=start.packed_rows)
+
+
+def describe_bad_records(messages: list[str]) -> str:
+    shown = "\n".join(f"  {m}" for m in messages[:MAX_ERRORS_SHOWN])
+    more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more" if len(messages) > MAX_ERRORS_SHOWN else ""
+    return f"{len(messages)} bad record(s):\n{shown}{more}"
+
+
+def read_records(path: str) -> tuple[list[Record], list[Where], list[BadRecord]]:
+    """Every record under `path`, in shard order: the valid ones with where each came from, and the bad."""
+    records, wheres, bad = [], [], []
+    for shard in list_shards(path):
+        for where, payload in read_shard(shard):
+            try:
+                records.append(validate_record(parse_payload(payload, where), where))
+                wheres.append(where)
+            except BadRecord as err:
+                bad.append(err)
+    return records, wheres, bad
+
+
+def template_corpus(path: str) -> tuple[str, Callable[[], Iterator[str]]]:
+    """The data's identity (sha256 over its shards' names and bytes) and, lazily, its text as training
+    sees it (prompts as the template renders them, and outputs): what the tiny model's tokenizer learns."""
+    identity = hashlib.sha256()
+    for shard in list_shards(path):
+        identity.update(shard.encode() + sha256_of(shard).encode())
+
+    def texts() -> Iterator[str]:
+        for record in read_valid_records(path):
+            yield render_prompt(record) + record.output
+
+    return identity.hexdigest(), texts
+
+
+def read_valid_records(path: str) -> list[Record]:
+    """The valid records under `path`; bad ones are left to the training scan (or the audit) to report."""
+    return read_records(path)[0]

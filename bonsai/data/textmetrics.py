@@ -1,0 +1,86 @@
+"""Model-free metrics of generated text: repetition, and quality against a reference.
+
+Units: Chinese and Japanese text has no spaces, so it is measured in characters; other text in
+whitespace-separated words. The same units serve every metric, so scores compare across languages.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from bonsai.data.checks import normalise
+
+
+def units(text: str) -> list[str]:
+    out: list[str] = []
+    word = ""
+    for ch in text:
+        wide = unicodedata.east_asian_width(ch) in ("W", "F")
+        if ch.isspace() or wide:
+            if word:
+                out.append(word)
+                word = ""
+            if wide:
+                out.append(ch)
+        else:
+            word += ch
+    if word:
+        out.append(word)
+    return out
+
+
+def _ngrams(seq: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+
+
+def distinct(seq: list[str], n: int) -> float:
+    """Share of n-grams that are unique (1.0: no n-gram repeats). 1.0 for text too short to have any."""
+    grams = _ngrams(seq, n)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repeated_ngram_ratio(seq: list[str], n: int = 3) -> float:
+    """Share of n-gram occurrences that repeat an earlier one (0.0: none)."""
+    return 1.0 - distinct(seq, n)
+
+
+def longest_repeated_span(seq: list[str]) -> int:
+    """Length (in units) of the longest run that occurs twice without overlapping itself."""
+    n = len(seq)
+    best = 0
+    # lcs[j] = length of the common run ending at i-1 and j-1 (rolling row of the classic DP).
+    prev = [0] * (n + 1)
+    for i in range(1, n + 1):
+        cur = [0] * (n + 1)
+        for j in range(i + 1, n + 1):
+            if seq[i - 1] == seq[j - 1] and prev[j - 1] < j - i:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def repetition_metrics(text: str) -> dict[str, float]:
+    seq = units(text)
+    return {
+        "repeated_3gram_ratio": repeated_ngram_ratio(seq, 3),
+        "distinct_1": distinct(seq, 1),
+        "distinct_2": distinct(seq, 2),
+        "longest_repeated_span": float(longest_repeated_span(seq)),
+        "length": float(len(seq)),
+    }
+
+
+def quality_metrics(category: str, output: str, reference: str | None) -> dict[str, float]:
+    """exact/contains (the reference appears in the output) for questions with one right answer, chrF for
+    translation. Other categories (creative, brainstorming, ...) have no single right answer."""
+    if not reference:
+        return {}
+    if category in ("closed_qa", "classification", "open_qa"):
+        out, ref = normalise(output), normalise(reference)
+        return {"exact": float(out == ref), "contains": float(ref in out)}
+    if category == "translation":
+        from sacrebleu import sentence_chrf
+
+        return {"chrf": sentence_chrf(output, [reference]).score}
+    return {}

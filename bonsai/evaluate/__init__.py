@@ -1,0 +1,1 @@
+"""Probing and comparing models: generation with the training template, text metrics, `bonsai eval`."""

@@ -1,0 +1,117 @@
+"""Generation with the training template: the prompt tokens are exactly those training put before the
+response (`encode_prompt`), batched with left padding, with repetition controls."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bonsai.config import DecodeConfig
+from bonsai.data.records import BadRecord, Record, Where, validate_record
+from bonsai.data.template import encode_prompt, render_prompt
+from bonsai.data.textmetrics import quality_metrics, repetition_metrics
+
+# A model that starts the template's next section has finished its answer.
+STOP_TEXTS = ("\n### ",)
+DEFAULT_PROBES = Path(__file__).parents[1] / "probes" / "default.jsonl"
+
+
+@dataclass(frozen=True)
+class Probe:
+    record: Record  # output holds the reference, or "" where the category has no single right answer
+
+    @property
+    def reference(self) -> str | None:
+        return self.record.output or None
+
+
+def load_probes(path: str | Path) -> list[Probe]:
+    """Probe files use the record schema; `output` is the reference and may be left out."""
+    path = Path(DEFAULT_PROBES if str(path) == "default" else path)
+    probes = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = Where(str(path), line_no)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadRecord(where, "(line)", f"malformed JSON: {err.msg}", line) from None
+        record = validate_record({**obj, "output": obj.get("output") or "(no reference)"}, where)
+        probes.append(Probe(Record(**{**record.__dict__, "output": obj.get("output") or ""})))
+    return probes
+
+
+def prompt_batch(tokenizer, records: list[Record], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and attention mask: generation continues right after each prompt."""
+    prompts = [encode_prompt(tokenizer, r) for r in records]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cut_at_stop(text: str) -> str:
+    for stop in STOP_TEXTS:
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+@torch.no_grad()
+def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> list[str]:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    for start in range(0, len(records), decode.batch_size):
+        ids, mask = prompt_batch(tokenizer, records[start : start + decode.batch_size], device)
+        sampled = decode.temperature > 0
+        new = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=decode.max_new_tokens,
+            do_sample=sampled,
+            temperature=decode.temperature if sampled else None,
+            top_p=decode.top_p if sampled else None,
+            repetition_penalty=decode.repetition_penalty,
+            no_repeat_ngram_size=decode.no_repeat_ngram_size,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+        )[:, ids.shape[1] :]
+        outputs += [cut_at_stop(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+    if was_training:
+        model.train()
+    return outputs
+
+
+def score_generation(record: Record, output: str, reference: str | None) -> dict[str, float]:
+    return {**repetition_metrics(output), **quality_metrics(record.category, output, reference)}
+
+
+def generation_rows(records: list[Record], outputs: list[str], references: list[str | None], step: int | None = None):
+    rows = []
+    for record, output, reference in zip(records, outputs, references):
+        rows.append({
+            **({"step": step} if step is not None else {}),
+            "id": record.id, "category": record.category, "lang": record.lang,
+            "prompt": render_prompt(record), "output": output, "reference": reference,
+            "metrics": score_generation(record, output, reference),
+        })
+    return rows
+
+
+def average_by_category(rows: list[dict], prefix: str) -> dict[str, float]:
+    """`prefix/<metric>/category/<c>` averaged over rows, and `prefix/<metric>` over all."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in row["metrics"].items():
+            for key in (f"{prefix}/{name}", f"{prefix}/{name}/category/{row['category']}"):
+                sums.setdefault(key, []).append(value)
+    return {k: sum(v) / len(v) for k, v in sums.items()}

@@ -1,0 +1,138 @@
+"""Loading the model and tokenizer, and wrapping the model for full or LoRA fine-tuning."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bonsai.config import ModelConfig
+
+
+def load_tokenizer(checkpoint: str, cfg: ModelConfig):
+    tokenizer = AutoTokenizer.from_pretrained(
+        checkpoint, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer of {checkpoint} has no EOS token; the template ends every response with it")
+    if tokenizer.pad_token_id is None:
+        # Phi-2 ships no pad token; padding never reaches the loss, so EOS serves.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype):
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint,
+        revision=cfg.revision,
+        dtype=weights_dtype,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=None if cfg.trust_remote_code else True,
+    )
+    model.config.use_cache = False  # no KV cache in training; it only costs memory
+    if cfg.gradient_checkpointing:
+        # transformers 5.24 renamed it (the old name warns on every rank); older 5.x has only the old one.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.finetune == "lora":
+        model = wrap_lora(model, cfg)
+    return model
+
+
+def wrap_lora(model, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in cfg.lora.target_modules if t not in present]
+    if missing:
+        raise ValueError(f"model.lora.target_modules: {missing} not found in the model (it has e.g. {sorted(present)[:12]})")
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph at the first block
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    # Adapters train in fp32 even over a bf16 base: their updates are small.
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+@contextmanager
+def _zero3_init_off():
+    """Under ZeRO-3, transformers builds every model partitioned across ranks, a collective. The merge
+    runs on rank 0 alone, so it must load the base as a plain model."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers has set/unset for it, but no getter
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def save_final_model(model, tokenizer, cfg: ModelConfig, out: Path, state_dict: dict, base_checkpoint: str,
+                     weights_dtype: torch.dtype) -> list[Path]:
+    """save_pretrained (safetensors) from a full state dict (`Accelerator.get_state_dict`, which gathers
+    ZeRO-3 partitions); for LoRA the adapter, and on request a merged model built from the saved adapter
+    on a freshly loaded base, which is the same under every sharding strategy. Returns the dirs written."""
+    written = [out]
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if cfg.finetune == "lora" and cfg.merge_lora_on_save:
+        from peft import PeftModel
+
+        merged_dir = out.parent / f"{out.name}-merged"
+        with _zero3_init_off():
+            base = AutoModelForCausalLM.from_pretrained(base_checkpoint, revision=cfg.revision, dtype=weights_dtype,
+                                                        trust_remote_code=cfg.trust_remote_code)
+        merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+        merged.save_pretrained(merged_dir, safe_serialization=True)
+        tokenizer.save_pretrained(merged_dir)
+        written.append(merged_dir)
+    return written
+
+
+def numel(p: torch.Tensor) -> int:
+    """A parameter's full size; under ZeRO-3 the local tensor is an empty placeholder."""
+    return getattr(p, "ds_numel", p.numel())
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def load_for_inference(path: str, trust_remote_code: bool = False):
+    """A saved model for generation: a full or merged model dir, a hub id, or a LoRA adapter dir (its
+    base is read from adapter_config.json). Returns (model, tokenizer) on the GPU when there is one."""
+    import json
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    cfg = ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code)
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(model, path)
+        tokenizer = load_tokenizer(path if (Path(path) / "tokenizer_config.json").exists() else base, cfg)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if trust_remote_code else True)
+        tokenizer = load_tokenizer(path, cfg)
+    return model.to(device).eval(), tokenizer

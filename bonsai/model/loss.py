@@ -1,0 +1,106 @@
+"""The forward pass and the token-level loss, per micro-batch and per record.
+
+The training objective is the mean over every response token of the optimizer step (all
+micro-batches, all ranks): each micro-batch contributes its *sum* of token losses divided by the
+step's global token count. Averaging per-micro-batch means instead over-weights short batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bonsai.data.records import CATEGORIES, LANGUAGES
+from bonsai.data.packing import Batch, additive_mask, block_causal_mask
+from bonsai.data.records import Record
+from bonsai.data.template import IGNORE_INDEX
+
+
+@dataclass
+class MicroBatchLoss:
+    loss_sum: torch.Tensor  # scalar, with grad: sum of response-token losses
+    record_loss_sum: torch.Tensor  # (num_records,), detached
+    record_tokens: torch.Tensor  # (num_records,)
+
+
+def _attention_mask(model, batch: Batch) -> torch.Tensor:
+    allowed = block_causal_mask(batch.doc_index)
+    if model.config._attn_implementation == "sdpa":
+        return allowed
+    return additive_mask(allowed, next(model.parameters()).dtype)
+
+
+def forward_loss(model, batch: Batch) -> MicroBatchLoss:
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=_attention_mask(_config_holder(model), batch),
+        position_ids=batch.position_ids,
+    ).logits
+    # Token t predicts token t+1. The first token of every document is prompt (never a target),
+    # so a prediction never crosses from one packed document into the next.
+    targets = batch.labels[:, 1:]
+    token_loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    counted = targets.reshape(-1) != IGNORE_INDEX
+    owner = batch.doc_index[:, 1:].reshape(-1).clamp(min=0)
+    n = len(batch.records)
+    record_loss_sum = torch.zeros(n, device=token_loss.device).index_add_(0, owner, token_loss.detach() * counted)
+    record_tokens = torch.zeros(n, device=token_loss.device).index_add_(0, owner, counted.float())
+    return MicroBatchLoss(token_loss.sum(), record_loss_sum, record_tokens)
+
+
+def _config_holder(model):
+    """The module whose `.config` says which attention runs (DDP and PEFT wrap it)."""
+    inner = getattr(model, "module", model)
+    return inner if hasattr(inner, "config") else model
+
+
+# Loss broken down by category and language: fixed keys, so every rank reduces tensors of one shape.
+BREAKDOWN_KEYS = ["all", *(f"category/{c}" for c in CATEGORIES), *(f"lang/{lang}" for lang in LANGUAGES)]
+_SLOT = {k: i for i, k in enumerate(BREAKDOWN_KEYS)}
+
+
+def breakdown_sums(records: list[Record], record_loss_sum: torch.Tensor, record_tokens: torch.Tensor) -> torch.Tensor:
+    """(len(BREAKDOWN_KEYS), 2) tensor of [loss sum, token count] per key, on the losses' device."""
+    index = torch.tensor(
+        [[_SLOT["all"], _SLOT[f"category/{r.category}"], _SLOT[f"lang/{r.lang}"]] for r in records],
+        dtype=torch.long, device=record_loss_sum.device,
+    ).reshape(-1)
+    values = torch.stack([record_loss_sum, record_tokens], dim=1).double().repeat_interleave(3, dim=0)
+    return torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=record_loss_sum.device).index_add_(
+        0, index, values
+    )
+
+
+def breakdown_metrics(prefix: str, sums: list[list[float]]) -> dict[str, float]:
+    """`prefix` for the overall mean, `prefix/category/x` and `prefix/lang/y` for the rest (where counted)."""
+    return {
+        prefix if key == "all" else f"{prefix}/{key}": loss_sum / count
+        for key, (loss_sum, count) in zip(BREAKDOWN_KEYS, sums)
+        if count
+    }
+
+
+def eval_loss_sums(model, batches: list, device, pad_id: int) -> torch.Tensor:
+    """(len(BREAKDOWN_KEYS), 2) loss sums and token counts over `batches`, without gradients. A None
+    batch is a forward pass that counts for nothing: ZeRO-3 gathers weights inside forward, so every
+    rank must run as many as the rank with the most batches (training's eval and `bonsai eval` share it)."""
+    sums = torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            if batch is None:
+                model(input_ids=torch.full((1, 1), pad_id, device=device))
+                continue
+            batch = batch.to(device)
+            out = forward_loss(model, batch)
+            sums += breakdown_sums(batch.records, out.record_loss_sum, out.record_tokens)
+    model.train(was_training)
+    return sums

@@ -1,0 +1,169 @@
+"""`bonsai report RUN_DIR`: the loss curve with its events, per-category curves, and the records most
+likely behind the trouble, each with the evidence against it.
+
+A record's suspicion score adds up independent evidence:
+- `loss_z`: its recent per-token loss against the other records of its category (robust z: median
+  and MAD), since a record the model cannot learn while its peers are learned is noise or a mistake;
+- `spike_batches`: how many instability events caught it among the top third of its batch by loss;
+- `contradicts`: records with the same instruction and input but another answer;
+- `script_says`: the language its output is written in, where that differs from its `lang` label.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from bonsai.config import load_config
+from bonsai.data.checks import find_contradictions, find_language_mismatches
+from bonsai.io import read_jsonl, write_json
+from bonsai.observe.metrics import read_metrics
+from bonsai.rundir import RunDir
+from bonsai.robust import by_group
+from bonsai.data.dataset import read_valid_records
+from bonsai.data.records import Record
+
+SPIKE_WEIGHT = 2.0  # one spike batch counts as much as 2 sigma of excess loss
+FLAG_WEIGHT = 5.0  # a contradiction or a wrong language label is strong evidence on its own
+TOP_N = 20
+LOSS_Z_REASON = 3.0  # excess loss is named as a reason (and makes a suspect) above this robust z
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    return read_jsonl(RunDir(run_dir).events, missing_ok=True)
+
+
+def read_record_stats(run_dir: Path) -> dict[str, dict]:
+    merged: dict[str, dict] = {}
+    for path in sorted(RunDir(run_dir).record_stats_dir.glob("rank*.json")):
+        for rid, s in json.loads(path.read_text(encoding="utf-8")).items():
+            if rid not in merged or s["seen"] > merged[rid]["seen"]:
+                merged[rid] = s  # within an epoch a record is on one rank; keep the rank that saw it most
+    return merged
+
+
+def score_records(records: list[Record], stats: dict[str, dict], events: list[dict]) -> list[dict]:
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for s in stats.values():
+        if s.get("ema_loss") is not None:
+            by_category[s["category"]].append(s["ema_loss"])
+    robust = by_group(by_category, floor=1e-6)
+    center = {c: m for c, (m, _) in robust.items()}
+    spread = {c: s for c, (_, s) in robust.items()}
+    spikes: dict[str, int] = defaultdict(int)
+    for event in events:
+        rows = event.get("records", [])
+        for row in rows[: max(1, len(rows) // 3)]:
+            spikes[row["id"]] += 1
+    contradictions = find_contradictions(records)
+    mismatches = find_language_mismatches(records)
+    table = []
+    for r in records:
+        s = stats.get(r.id)
+        loss = s["ema_loss"] if s and s.get("ema_loss") is not None else None
+        loss_z = (loss - center[r.category]) / spread[r.category] if loss is not None else 0.0
+        score = max(loss_z, 0.0) + SPIKE_WEIGHT * spikes[r.id]
+        score += FLAG_WEIGHT * (r.id in contradictions) + FLAG_WEIGHT * (r.id in mismatches)
+        why = []
+        if loss_z > LOSS_Z_REASON:
+            why.append(f"loss {loss:.2f} vs {r.category} median {center[r.category]:.2f} (z {loss_z:.1f})")
+        if spikes[r.id]:
+            why.append(f"in {spikes[r.id]} spike batch(es)")
+        if r.id in contradictions:
+            why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer")
+        if r.id in mismatches:
+            why.append(f"labelled {r.lang} but written in {mismatches[r.id]}")
+        table.append({
+            "id": r.id, "category": r.category, "lang": r.lang, "score": round(score, 3),
+            "loss": loss, "category_median_loss": center.get(r.category), "loss_z": round(loss_z, 3),
+            "seen": s["seen"] if s else 0, "spike_batches": spikes[r.id],
+            "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id), "why": "; ".join(why),
+        })
+    table.sort(key=lambda row: row["score"], reverse=True)
+    return table
+
+
+SMOOTHING = 0.8  # per-category losses come from a few records per step: smooth them to see the trend
+
+
+def _smooth(values) -> list[float]:
+    out, ema = [], None
+    for v in values:
+        ema = v if ema is None else SMOOTHING * ema + (1 - SMOOTHING) * v
+        out.append(ema)
+    return out
+
+
+def _plot(run_dir: Path, metrics: list[dict], events: list[dict], suspects: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(14, 11))
+    grid = fig.add_gridspec(3, 2, height_ratios=[1.1, 1, 1.2])
+    ax = fig.add_subplot(grid[0, :])
+    train = [(m["step"], m["loss"]) for m in metrics if isinstance(m.get("loss"), float)]
+    ax.plot(*zip(*train), lw=1, label="train loss") if train else None
+    evals = [(m["step"], m["eval/loss"]) for m in metrics if "eval/loss" in m]
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    colors = {"loss_spike": "red", "grad_spike": "orange", "nonfinite": "black", "trend": "purple"}
+    for kind, color in colors.items():
+        steps = [e["step"] for e in events if e["kind"] == kind]
+        for i, s in enumerate(steps):
+            ax.axvline(s, color=color, alpha=0.5, lw=1, label=kind if i == 0 else None)
+    ax.set(title=f"{run_dir.name}: loss and instability events", xlabel="step", ylabel="loss")
+    ax.legend(loc="upper right")
+    for col, prefix in enumerate(("loss/category/", "loss/lang/")):
+        axc = fig.add_subplot(grid[1, col])
+        keys = sorted({k for m in metrics for k in m if k.startswith(prefix)})
+        for key in keys:
+            steps, values = zip(*[(m["step"], m[key]) for m in metrics if key in m])
+            axc.plot(steps, _smooth(values), lw=1, label=key.removeprefix(prefix))
+        axc.set(title=f"train loss per {prefix.split('/')[1]} (EMA {SMOOTHING})", xlabel="step")
+        if keys:
+            axc.legend(fontsize=7)
+    axt = fig.add_subplot(grid[2, :])
+    axt.axis("off")
+    rows = [[s["id"], s["category"], s["lang"], f"{s['score']:.1f}", s["why"][:90]] for s in suspects[:15]]
+    if rows:
+        tab = axt.table(cellText=rows, colLabels=["record", "category", "lang", "score", "why"], loc="upper center",
+                        colWidths=[0.17, 0.12, 0.05, 0.06, 0.6], cellLoc="left")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(7)
+    axt.set_title("suspect records")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it a Bonsai run directory?")
+    cfg = load_config(run_dir / "config.yaml")
+    metrics, events = read_metrics(run_dir), read_events(run_dir)
+    # A suspect is a record with a stated reason; the score only orders them.
+    suspects = [s for s in score_records(read_valid_records(cfg.data.path), read_record_stats(run_dir), events) if s["why"]]
+    report = {
+        "run_dir": str(run_dir),
+        "steps": max((m["step"] for m in metrics), default=0),
+        "events": [{k: e[k] for k in ("step", "kind", "value", "threshold", "action")} for e in events],
+        "suspects": suspects[:TOP_N],
+    }
+    write_json(RunDir(run_dir).report_json, report)
+    _plot(run_dir, metrics, events, suspects, RunDir(run_dir).report_png)
+    return report
+
+
+def summary_text(report: dict) -> str:
+    lines = [f"{report['run_dir']}: {report['steps']} steps, {len(report['events'])} event(s)"]
+    for e in report["events"][:10]:
+        lines.append(f"  step {e['step']}: {e['kind']} ({e['value']} vs {e['threshold']}) -> {e['action']}")
+    lines.append("suspect records (most suspect first):")
+    for s in report["suspects"][:10]:
+        lines.append(f"  {s['id']} [{s['category']}/{s['lang']}] score {s['score']:.1f}: {s['why']}")
+    lines.append(f"written: {Path(report['run_dir']) / 'report.png'}, {Path(report['run_dir']) / 'report.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The one boundary that knows about ranks. Everything else asks a `Dist`; nothing reads RANK itself."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from bonsai.config import BonsaiConfig
+from bonsai.errors import WorldSizeMismatch
+
+
+# What the process-group backends say when a peer is gone or silent (gloo, NCCL, torch's c10d).
+# Gloo's messages carry their source path ("gloo/transport/tcp/pair.cc: Connection closed by peer").
+_PEER_LOST = ("gloo/", "Connection closed by peer", "Connection reset by peer", "Timed out waiting", "timed out",
+              "NCCL", "ProcessGroupGloo", "ProcessGroupNCCL", "Broken pipe")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    return isinstance(err, torch.distributed.DistError) or (
+        isinstance(err, RuntimeError) and any(marker in str(err) for marker in _PEER_LOST)
+    )
+
+
+def launched_with_deepspeed() -> bool:
+    """`accelerate launch` with a DeepSpeed config says so in the environment of every process."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def launcher_world_size() -> int:
+    """What the launcher (accelerate launch, torchrun, srun) promised; 1 when run directly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_precision(setting: str) -> str:
+    """Accelerate's mixed_precision for a Bonsai precision setting."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16"}[setting]
+
+
+@dataclass
+class Dist:
+    accelerator: Accelerator
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def is_deepspeed(self) -> bool:
+        return self.accelerator.state.deepspeed_plugin is not None
+
+    @property
+    def zero_stage(self) -> int:
+        """DeepSpeed's ZeRO stage; 0 without DeepSpeed."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin else 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a collective: every rank must call it, in the same order)."""
+        if self.world_size == 1:
+            return values
+        return self.accelerator.reduce(values, reduction="sum")
+
+    def max(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())  # host sync: a control decision every rank must share
+
+    def gather_objects(self, obj) -> list:
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def close(self) -> None:
+        """Tear the process group down; call once training is over on every rank."""
+        self.accelerator.state.destroy_process_group()
+
+
+def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
+    # DeepSpeed calls these deprecated torch names in every step; the warning then floods the log.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
+    deepspeed = launched_with_deepspeed()
+    group = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
+    if deepspeed and not torch.cuda.is_available():
+        # Without CUDA, Accelerate + DeepSpeed otherwise starts every rank as rank 0 of 1 (see below).
+        # Plain DDP on CPU must not get this kwarg: it then fails to initialise the process group.
+        group["backend"] = "gloo"
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() and not deepspeed,
+        mixed_precision=resolve_precision(cfg.train.precision),
+        kwargs_handlers=[InitProcessGroupKwargs(**group)],
+        # Bonsai steps the scheduler once per optimizer step itself; Accelerate would otherwise step it
+        # once per process, and the LR curve would depend on the world size.
+        step_scheduler_with_optimizer=False,
+        gradient_accumulation_steps=accumulation,
+    )
+    dist = Dist(accelerator)
+    expected = launcher_world_size()
+    if dist.world_size != expected:
+        # Seen with Accelerate + DeepSpeed on CPU: every rank believes it is rank 0 of 1, reads the same
+        # data and overwrites the same checkpoint. Refuse to start rather than train wrong.
+        raise WorldSizeMismatch(
+            f"the launcher started {expected} processes (WORLD_SIZE) but Accelerate sees {dist.world_size} "
+            f"(this is rank {dist.rank}); check the launch config's num_processes and the process-group backend"
+        )
+    return dist

@@ -1,0 +1,51 @@
+"""`bonsai export CHECKPOINT --out DIR`: a checkpoint (ZeRO partitions included) as a Hugging Face
+model directory that `AutoModelForCausalLM.from_pretrained` loads; for LoRA the adapter and a merged
+model. Runs in one process, on the CPU, whatever the run's world size was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bonsai.train.checkpoint import STATE_FILE
+from bonsai.config import load_config
+from bonsai.model.loading import load_model, load_tokenizer, save_final_model
+from bonsai.model.source import resolve_checkpoint
+
+DEEPSPEED_TAG = "pytorch_model"  # the directory Accelerate's save_state gives the DeepSpeed engine
+
+
+class ExportError(ValueError):
+    pass
+
+
+def consolidated_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    if (checkpoint / DEEPSPEED_TAG).is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG)
+    weights = checkpoint / "model.safetensors"
+    if not weights.exists():
+        raise ExportError(f"{checkpoint}: neither {DEEPSPEED_TAG}/ (DeepSpeed) nor model.safetensors found")
+    from safetensors.torch import load_file
+
+    return load_file(weights)
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / STATE_FILE).exists():
+        raise ExportError(f"{checkpoint} is not a complete Bonsai checkpoint (no {STATE_FILE}); "
+                          f"pass RUN_DIR/checkpoints/step_NNNNNNNN")
+    cfg = load_config(checkpoint / "config.yaml")
+    model_cfg = cfg.model.model_copy(update={"merge_lora_on_save": True, "gradient_checkpointing": False})
+    source = resolve_checkpoint(cfg)
+    model = load_model(source, model_cfg, torch.float32)
+    state_dict = consolidated_state_dict(checkpoint)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ExportError(f"{checkpoint}: weights do not fit {source} ({cfg.model.finetune}): "
+                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return save_final_model(model, load_tokenizer(source, cfg.model), model_cfg, Path(out), model.state_dict(),
+                            source, torch.float32)

@@ -1,0 +1,387 @@
+"""`bonsai train` as a recipe: setup, fit, finish.
+
+One code path for one or many ranks, full or LoRA, DDP or ZeRO. The loop body is: take rows, compute
+gradients (`bonsai.train.step`), let the callbacks judge the step (the monitor may skip it or roll back),
+apply the update, log, let the callbacks act (eval, probes, accounting), maybe checkpoint. Everything
+cross-cutting lives in `bonsai.train.callbacks`, with its state saved in each checkpoint; rank-awareness
+stays behind `Dist`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from bonsai.train.callbacks import (Callback, Callbacks, EvalCallback, MemoryCallback, MonitorCallback, ProbeCallback,
+                              StepOutcome, ThroughputCallback)
+from bonsai.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from bonsai.config import BonsaiConfig, redact, save_resolved
+from bonsai.data.dataset import RankData, describe_bad_records
+from bonsai.train.deepspeed import fill_deepspeed_config
+from bonsai.train.distributed import Dist, is_peer_failure, launcher_world_size, setup_distributed
+from bonsai.errors import CollectiveFailure, DataError, TrainingUnstable
+from bonsai.evaluate.generation import load_probes
+from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
+from bonsai.model.loading import count_parameters, load_model, load_tokenizer, numel, save_final_model
+from bonsai.model.source import resolve_checkpoint
+from bonsai.observe.monitor import Event, strongest_action
+from bonsai.data.packing import Row
+from bonsai.train.preemption import StopRequest, preempted_exit_code, write_stopped
+from bonsai.train.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
+from bonsai.io import write_json, write_jsonl
+from bonsai.rundir import RunDir
+from bonsai.data.stream import StreamPosition
+from bonsai.observe.wandb_logger import resolve_mode
+
+CALLBACK_STATE = "callbacks_rank{rank}.json"  # in each checkpoint: every callback's state, per rank
+
+
+class TrainRows:
+    """This rank's training rows; `position` moves only when a step commits them."""
+
+    def __init__(self, data: RankData, start: StreamPosition):
+        self._rows: Iterator[Row] = data.rows("train", start=start)
+        self.position = start
+
+    def take(self, n: int) -> list[Row]:
+        return [next(self._rows) for _ in range(n)]
+
+
+def train(cfg: BonsaiConfig) -> int:
+    """Returns the process exit code: 0 done; `preempted_exit_code()` stopped by a signal after checkpointing."""
+    started = time.perf_counter()
+    accumulation = cfg.check_world_size(launcher_world_size())
+    dist = setup_distributed(cfg, accumulation)
+    trainer = Trainer(cfg, dist, accumulation)
+    try:
+        code = trainer.setup()
+        if code is None:
+            code = trainer.fit()
+        if code is None:
+            code = trainer.finish(started)
+    except Exception as err:
+        explained = trainer.explain_failure(err)
+        if explained is err:
+            raise
+        raise explained from err
+    finally:
+        trainer.close()
+    # Only on a clean return, where every rank got here together: tearing the group down while a peer
+    # is still inside a collective would hang. Without it, gloo's worker threads outlive the interpreter
+    # and a rank can abort at exit ("terminate called without an active exception") after training.
+    dist.close()
+    return code
+
+
+class Trainer:
+    def __init__(self, cfg: BonsaiConfig, dist: Dist, accumulation: int):
+        self.cfg, self.dist, self.accumulation = cfg, dist, accumulation
+        self.run = RunDir(cfg.train.output_dir)
+        self.run_dir = self.run.root
+        self.say = dist.accelerator.print
+        self.logger: FanOut | None = None
+        self.stop: StopRequest | None = None
+        self.state = TrainerState(world_size=dist.world_size, data_positions=[StreamPosition().to_dict()] * dist.world_size)
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    def setup(self) -> int | None:
+        """Build data, model, optimizer and callbacks, and resume. Returns an exit code when there is
+        nothing to train (the run already finished), else None."""
+        cfg, dist = self.cfg, self.dist
+        with dist.accelerator.main_process_first():
+            self.model_source = resolve_checkpoint(cfg)
+        self.tokenizer = load_tokenizer(self.model_source, cfg.model)
+        self.data = RankData(cfg.data, self.tokenizer, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
+        counts = scan_data(dist, self.data, cfg, self.run)
+        self.say(f"data: {counts['train_records']} train and {counts['eval_records']} eval records in "
+                 f"{len(self.data.shards)} shard(s), {counts['bad_records']} bad (quarantined), "
+                 f"{counts['train_target_tokens']} response tokens/epoch")
+        self._setup_model()
+        self.callbacks = Callbacks(build_callbacks(cfg, dist.is_deepspeed))
+        self.callbacks.setup(self)
+        latest = latest_checkpoint(self.run_dir)
+        if latest is not None:
+            self._load(latest)
+            self.say(f"resumed from {latest} at step {self.state.step}")
+        if self.state.finished:
+            self.say(f"{self.run_dir} already finished {self.state.step} steps; nothing to do "
+                     f"(use a new output_dir to train again)")
+            return 0
+        if dist.is_main:
+            save_resolved(cfg, self.run.config)
+            self.logger = build_loggers(cfg, self.run, self.state, self.say)
+        self.rows = TrainRows(self.data, self.state.position_for(dist.rank))
+        self.stop = StopRequest.from_env().install()
+        return None
+
+    def _setup_model(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        self.weights_dtype = torch.float32
+        if cfg.model.finetune == "lora" and dist.accelerator.mixed_precision == "bf16":
+            self.weights_dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
+        set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
+        model = load_model(self.model_source, cfg.model, self.weights_dtype)
+        total, trainable = count_parameters(model)
+        self.say(f"model: {self.model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
+                 f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation "
+                 f"{self.accumulation}")
+        if dist.is_deepspeed:
+            configure_deepspeed(dist, cfg, self.accumulation)
+        optimizer, summary = build_optimizer(model, cfg)
+        self.say(summary)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, cfg.train.num_warmup_steps, cfg.train.max_steps, min_lr_rate=cfg.train.min_lr_ratio)
+        self.model, self.optimizer, self.scheduler = dist.accelerator.prepare(model, optimizer, scheduler)
+
+    def _load(self, checkpoint: Path) -> None:
+        """Model, optimizer, scheduler, RNG and counters from `checkpoint`, and every callback's state."""
+        self.state = load_checkpoint(self.dist, checkpoint)
+        states = checkpoint / CALLBACK_STATE.format(rank=self.dist.rank)
+        if states.exists():
+            self.callbacks.load_state_dict(json.loads(states.read_text(encoding="utf-8")))
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def fit(self) -> int | None:
+        """Train until max_steps. Returns an exit code when stopped on request, else None."""
+        cfg = self.cfg
+        while self.state.step < cfg.train.max_steps:
+            begun = time.perf_counter()
+            taken = self.rows.take(cfg.train.micro_batch_size * self.accumulation)
+            batches = micro_batches_of(taken, cfg.train.micro_batch_size, self.tokenizer.pad_token_id,
+                                       cfg.data.max_length if cfg.data.packing else None)
+            stop_reason = self.stop.reason
+            stats = compute_gradients(self.dist, self.model, batches, cfg.train.max_grad_norm, stop_reason is not None)
+            if stats.stop_requested:
+                return self._stop(stop_reason)
+            events = self.callbacks.judge(self.state.step + 1, stats, taken[-1].resume)
+            action = self._action(events)
+            self.rows.position = taken[-1].resume
+            if action == "rollback":
+                self._rollback(events)
+                continue
+            apply_update(self.optimizer, self.scheduler, skip=action == "skip")
+            self._commit(stats, action)
+            outcome = StepOutcome(self.state.step, stats, time.perf_counter() - begun, action, events)
+            self.stop.note_step(outcome.elapsed_s)
+            self._log_step(outcome)
+            self.callbacks.post_step(outcome)
+            every = cfg.train.checkpoint_every
+            if every and self.state.step % every == 0 and self.state.step < cfg.train.max_steps:
+                self.checkpoint()
+        return None
+
+    def _action(self, events: list[Event]) -> str | None:
+        """The strongest action the events ask for, and what it becomes where it cannot be done."""
+        action = strongest_action(events)
+        if action == "rollback" and latest_checkpoint(self.run_dir) is None:
+            if self.dist.is_deepspeed:  # the engine already applied the update; nothing to go back to
+                raise TrainingUnstable(f"step {self.state.step + 1}: {events[0].kind} before the first checkpoint; "
+                                       f"nothing to roll back to under DeepSpeed")
+            action = "skip"  # nothing to roll back to yet: at least keep this step out of the weights
+            for e in events:
+                e.action = "skip (no checkpoint yet)" if e.action == "rollback" else e.action
+        if self.logger and events:
+            self.logger.log_rows("events", [e.to_dict() for e in events], self.state.step + 1)
+        return action
+
+    def _commit(self, stats: StepStats, action: str | None) -> None:
+        state = self.state
+        state.skipped_steps += action == "skip"
+        state.step += 1
+        state.tokens_seen += stats.tokens
+        state.target_tokens_seen += stats.target_tokens
+
+    def _log_step(self, outcome: StepOutcome) -> None:
+        """The step's metrics row, on log steps and event steps; collectives inside, on every rank."""
+        state, cfg = self.state, self.cfg
+        if not (state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or outcome.events):
+            return
+        stats = outcome.stats
+        outcome.metrics = {
+            "loss": stats.loss.item(),  # host sync: logging only
+            "grad_norm": stats.grad_norm.item(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_seen": state.tokens_seen,
+            "target_tokens_seen": state.target_tokens_seen,
+            "skipped": int(outcome.action == "skip"),
+            "data/epoch": self.rows.position.epoch,
+            "data/taken": self.rows.position.taken,
+            **train_breakdown(self.dist, stats),
+        }
+        outcome.metrics.update(self.callbacks.step_metrics(outcome))
+        if self.logger:
+            self.logger.log(outcome.metrics, state.step)
+
+    def _rollback(self, events: list[Event]) -> None:
+        """Reload the latest checkpoint and go on with the data after this step (PaLM's recipe)."""
+        state, cfg = self.state, self.cfg
+        if state.rollbacks >= cfg.monitor.max_rollbacks:
+            raise TrainingUnstable(
+                f"step {state.step + 1}: {events[0].kind} after {state.rollbacks} rollback(s) "
+                f"(monitor.max_rollbacks); see {self.run.events} for the records involved")
+        apply_update(self.optimizer, self.scheduler, skip=True)
+        target = latest_checkpoint(self.run_dir)
+        rollbacks = state.rollbacks + 1
+        # The callbacks keep what they learned (the detector keeps the spike out of its baseline).
+        self.state = load_checkpoint(self.dist, target)
+        self.state.rollbacks = rollbacks
+        self.say(f"rolled back to {target.name} (rollback {rollbacks} of at most {cfg.monitor.max_rollbacks}); "
+                 f"data continues after step's rows")
+        if self.logger:
+            self.logger.rewind(self.state.step)
+
+    def _stop(self, reason: str | None) -> int:
+        """Every rank agreed to stop: checkpoint, say who asked and why, and exit."""
+        dist = self.dist
+        saved = self.checkpoint()
+        asked = [f"rank {r}: {why}" for r, why in enumerate(dist.gather_objects(reason)) if why]
+        if dist.is_main:
+            write_stopped(self.run_dir, self.state.step, saved, "; ".join(asked))
+        dist.barrier()  # a rank that exits early can make srun kill rank 0 before it wrote that
+        # Every rank says why it stops: the one that got the signal is the one to look for.
+        print(f"rank {dist.rank}: stop requested ({reason or 'by another rank'}): checkpointed step "
+              f"{self.state.step}, exiting with {preempted_exit_code()} (resume: run the same command again)",
+              flush=True)
+        return preempted_exit_code()
+
+    def checkpoint(self) -> Path:
+        """A collective: every rank's data position, its callbacks' state, and Accelerate's state."""
+        begun = time.perf_counter()
+        dist = self.dist
+        self.state.data_positions = dist.gather_objects(self.rows.position.to_dict())
+
+        def write_rank_files(directory: Path) -> None:
+            self.callbacks.on_checkpoint(directory)
+            write_json(directory / CALLBACK_STATE.format(rank=dist.rank), self.callbacks.state_dict())
+
+        saved = save_checkpoint(dist, self.run_dir, self.state, self.cfg, self.cfg.train.keep_checkpoints,
+                                write_rank_files)
+        self.stop.note_checkpoint(time.perf_counter() - begun)
+        return saved
+
+    # --- the end ----------------------------------------------------------------------------------
+
+    def finish(self, started: float) -> int:
+        """Final eval and probes, the final checkpoint, the model and summary.json."""
+        dist, state = self.dist, self.state
+        self.callbacks.on_fit_end(state.step)
+        state.finished = True
+        self.checkpoint()
+        model_dir = self.run.model
+        unwrapped = dist.accelerator.unwrap_model(self.model)
+        state_dict = dist.accelerator.get_state_dict(self.model)  # a collective under ZeRO-3: every rank gathers
+        written = save_final_model(unwrapped, self.tokenizer, self.cfg.model, model_dir, state_dict,
+                                   self.model_source, self.weights_dtype) if dist.is_main else []
+        dist.barrier()
+        summary = {"steps": state.step, "wall_time_s": round(time.perf_counter() - started, 2),
+                   **self.callbacks.summary(), "tokens_seen": state.tokens_seen,
+                   "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks,
+                   "model_dirs": [str(p) for p in written]}
+        if dist.is_main:
+            write_json(self.run.summary, summary)
+        self.say("done: " + json.dumps(summary))
+        return 0
+
+    def explain_failure(self, err: Exception) -> Exception:
+        """A failed collective names the step, the likely cause and the checkpoint to resume from."""
+        if self.dist.world_size > 1 and is_peer_failure(err):
+            return CollectiveFailure(
+                f"rank {self.dist.rank}: a collective failed at step {self.state.step + 1} "
+                f"({str(err).splitlines()[0][:200]}). Another rank has probably died or hung: its log says why. "
+                f"Last complete checkpoint: {latest_checkpoint(self.run_dir) or 'none'}; running the same "
+                f"command again resumes from it.")
+        return err
+
+    def close(self) -> None:
+        # Loggers first (W&B's finish can take seconds), the signal handler last: a launcher's SIGTERM
+        # arriving meanwhile then only sets the flag, and an error still reaches the user.
+        if self.logger:
+            self.logger.close()
+        if self.stop:
+            self.stop.uninstall()
+
+
+# --- building blocks ------------------------------------------------------------------------------
+
+def build_callbacks(cfg: BonsaiConfig, deepspeed: bool) -> list[Callback]:
+    callbacks: list[Callback] = [ThroughputCallback(), MemoryCallback()]
+    if cfg.monitor.enabled:
+        callbacks.insert(0, MonitorCallback(cfg.monitor.for_strategy(deepspeed)))
+    callbacks.append(EvalCallback())
+    if cfg.eval.probes:
+        callbacks.append(ProbeCallback(load_probes(cfg.eval.probes)))
+    return callbacks
+
+
+def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dict[str, int]:
+    """Check this rank's share once before training; fail (or quarantine) with every rank's findings."""
+    report = data.scan()
+    rows = dist.gather_objects(
+        ([b.as_quarantine_row() for b in report.bad], [str(b) for b in report.bad],
+         report.train_records, report.eval_records, report.train_target_tokens)
+    )
+    bad_rows = [r for per_rank in rows for r in per_rank[0]]
+    bad_text = [t for per_rank in rows for t in per_rank[1]]
+    counts = {
+        "train_records": sum(r[2] for r in rows),
+        "eval_records": sum(r[3] for r in rows),
+        "train_target_tokens": sum(r[4] for r in rows),
+        "bad_records": len(bad_rows),
+    }
+    if bad_rows and cfg.data.on_bad_record == "error":
+        raise DataError(
+            f"data.path {cfg.data.path}: {describe_bad_records(bad_text)}\n"
+            "Fix these records, or set data.on_bad_record=skip to train without them (they are then listed "
+            f"in {run.quarantine})."
+        )
+    if dist.is_main and bad_rows:
+        write_jsonl(run.quarantine, bad_rows)  # path, line, field, reason, raw record
+    if counts["train_records"] == 0:
+        raise DataError(f"data.path {cfg.data.path}: no training records left (eval split and skips took all)")
+    return counts
+
+
+def build_optimizer(model, cfg: BonsaiConfig) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW, and a line that says which tensors it decays (a lost decay is otherwise silent)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    # No weight decay on biases and norms (1-D tensors), as in GPT-style recipes. Under ZeRO-3 a
+    # parameter may already be an empty 1-D placeholder: its real shape is `ds_shape`.
+    decayed = [p for p in params if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    kept = [p for p in params if len(getattr(p, "ds_shape", p.shape)) < 2]
+    groups = [{"params": decayed, "weight_decay": cfg.train.weight_decay}, {"params": kept, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps
+    )
+    summary = (f"optimizer: AdamW, weight decay {cfg.train.weight_decay} on {len(decayed)} weight matrices "
+               f"({sum(numel(p) for p in decayed):,} parameters), none on {len(kept)} biases and norms")
+    return optimizer, summary
+
+
+def build_loggers(cfg: BonsaiConfig, run: RunDir, state: TrainerState, say) -> FanOut:
+    loggers: list[MetricsLogger] = [
+        JsonlLogger(run.metrics, resume_step=state.step),
+        RowFiles(run.root),
+        ConsoleLogger(cfg.train.max_steps, state.step, enabled=cfg.logging.progress_bar),
+    ]
+    if resolve_mode(cfg.logging.wandb) != "disabled":
+        from bonsai.observe.wandb_logger import WandbLogger
+
+        loggers.append(WandbLogger(cfg.logging.wandb, run.root, redact(cfg.model_dump(mode="json")), say))
+    return FanOut(loggers)
+
+
+def configure_deepspeed(dist: Dist, cfg: BonsaiConfig, accumulation: int) -> None:
+    plugin = dist.accelerator.state.deepspeed_plugin
+    fill_deepspeed_config(plugin.deepspeed_config, cfg, accumulation, dist.world_size,
+                          dist.accelerator.mixed_precision,
+                          source=os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the DeepSpeed config"))
+    cfg.monitor.for_strategy(deepspeed=True)  # refuses an explicit `skip` before any work
