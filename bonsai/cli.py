@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=1e-4")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--debug", action="store_true", help="print the traceback of an error, not just its line")
     report = sub.add_parser(
         "report",
         help="loss curve, instability events and suspect records of a run",
@@ -151,11 +152,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from bonsai.train.distributed import launcher_world_size
-    from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, TrainingUnstable, WorldSizeMismatch
+    """Errors a user can act on are one line (the traceback with --debug); anything else is a bug and
+    keeps its traceback."""
     from bonsai.data.records import BadRecord
     from bonsai.data.stream import DataSourceError
+    from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, ModelSourceError,
+                               RunDirLocked, TrainingUnstable, WorldSizeMismatch)
+    from bonsai.train.distributed import launcher_world_size
 
+    user_errors = {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
+                   WorldSizeMismatch: 2, RunDirLocked: 2, ModelSourceError: 2, CheckpointWriteError: 5,
+                   TrainingUnstable: 3, CollectiveFailure: 4}
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.check_world_size(launcher_world_size())
@@ -165,15 +172,19 @@ def _train(args) -> int:
         from bonsai.train.trainer import train
 
         return train(cfg)
-    except (ConfigError, DataSourceError, DataError, BadRecord, CheckpointMismatch, WorldSizeMismatch) as err:
-        print(f"bonsai: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingUnstable as err:
-        print(f"bonsai: training stopped: {err}", file=sys.stderr)
-        return 3
-    except CollectiveFailure as err:
-        print(f"bonsai: {err}", file=sys.stderr, flush=True)
-        return 4
+    except tuple(user_errors) as err:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        code = next(code for kind, code in user_errors.items() if isinstance(err, kind))
+        what = {3: "training stopped", 4: "error"}.get(code, "error")
+        print(f"bonsai: {what}: {err}", file=sys.stderr, flush=True)
+        return code
+    except KeyboardInterrupt:
+        print("bonsai: aborted by a second Ctrl-C: the steps since the last complete checkpoint are lost",
+              file=sys.stderr)
+        return 130
 
 
 def _end_training_process(code: int) -> int:

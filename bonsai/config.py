@@ -80,6 +80,8 @@ class DataConfig(_Section):
     """Share of records held out for eval, chosen by a hash of the record id (stable across runs)."""
     shuffle_window: int = Field(1024, ge=1)
     """Records are shuffled within consecutive windows of this many (1 keeps file order)."""
+    max_record_bytes: int = Field(1 << 20, ge=1024)
+    """A JSONL line longer than this is a bad record, refused before it is parsed or tokenized."""
     on_bad_record: Literal["error", "skip"] = "error"
     """error: stop at start-up naming file, line and field. skip: count it and list it in quarantine/."""
 
@@ -315,3 +317,34 @@ def to_yaml(cfg: BonsaiConfig) -> str:
 
 def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
     write_text_atomic(path, to_yaml(cfg))
+
+
+# --- resuming -------------------------------------------------------------------------------------
+
+# What may differ from the checkpoint's config when a run resumes: how long it goes, how it is watched,
+# logged and checkpointed. Anything else (lr, batch, data, model, precision, ...) would either be
+# silently overridden by the saved optimizer and scheduler state or make the run two different runs.
+MAY_CHANGE_ON_RESUME = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                        "eval.", "logging.", "distributed.", "monitor.", "model.cache_dir")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, now: BonsaiConfig) -> tuple[list[str], list[str]]:
+    """(allowed, refused) differences between a checkpoint's saved config and this run's, each as
+    "key: old -> new"."""
+    old, new = _flatten(saved), _flatten(redact(now.model_dump(mode="json")))
+    allowed, refused = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            line = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            (allowed if key.startswith(MAY_CHANGE_ON_RESUME) else refused).append(line)
+    return allowed, refused

@@ -20,3 +20,15 @@ class CollectiveFailure(RuntimeError):
 
 class CheckpointMismatch(RuntimeError):
     """A checkpoint that this run cannot resume from (e.g. written by another number of processes)."""
+
+
+class RunDirLocked(RuntimeError):
+    """Another run holds the output_dir; the message names it."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk); the message names the last complete one."""
+
+
+class ModelSourceError(RuntimeError):
+    """model.name_or_path cannot be loaded (no such directory, no network for a hub id)."""

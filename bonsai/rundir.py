@@ -19,6 +19,15 @@ class RunDir:
         """The resolved config of the run (secrets redacted)."""
         return self.root / "config.yaml"
 
+    def segment_config(self, step: int) -> Path:
+        """The resolved config of the stretch of training that started (or resumed) at `step`."""
+        return self.root / "config_history" / f"from_step_{step:08d}.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """Who is training in this run dir (see bonsai.train.lock)."""
+        return self.root / ".lock"
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"

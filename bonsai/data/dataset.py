@@ -44,7 +44,7 @@ class RankData:
         self.skipped = 0
 
     def _prepare(self, position: StreamPosition, where, payload) -> tuple[Split, Document]:
-        record = validate_record(parse_payload(payload, where), where)
+        record = validate_record(parse_payload(payload, where, self.cfg.max_record_bytes), where)
         encoded = encode_record(self.tokenizer, record)
         if len(encoded.input_ids) > self.cfg.max_length:
             raise BadRecord(

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import fsspec
 
-from bonsai.data.records import Where, parse_json_line
+from bonsai.data.records import BadRecord, Where, parse_json_line
 
 SHARD_SUFFIXES = (".jsonl", ".json", ".parquet")
+DEFAULT_MAX_RECORD_BYTES = 1 << 20  # data.max_record_bytes: a 2048-token record is ~10 KB of text
 MANIFEST_NAME = "manifest.json"  # written by `bonsai data shard`; describes the shards, is not one
 
 
@@ -73,9 +74,18 @@ def list_shards(path: str) -> list[str]:
     return shards
 
 
-def read_shard(url: str) -> Iterator[tuple[Where, str | dict]]:
-    """Yields (where, payload): the raw line for JSONL (parsed later, by the rank that owns it),
-    a row dict for Parquet. Blank lines are not records and are passed over."""
+@dataclass(frozen=True)
+class RawLine:
+    """A JSONL line as bytes, with the file offset where it starts: decoded and parsed by the rank that
+    owns it, so a bad byte or an oversized line is reported with its place, not met as a crash."""
+
+    data: bytes
+    offset: int
+
+
+def read_shard(url: str) -> Iterator[tuple[Where, RawLine | dict]]:
+    """Yields (where, payload): the raw line for JSONL, a row dict for Parquet. Blank lines are not
+    records and are passed over."""
     if url.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -86,14 +96,31 @@ def read_shard(url: str) -> Iterator[tuple[Where, str | dict]]:
                     row += 1
                     yield Where(url, row), obj
         return
-    with fsspec.open(url, "rt", encoding="utf-8") as f:
+    with fsspec.open(url, "rb") as f:
+        offset = 0
         for line_no, line in enumerate(f, start=1):
             if line.strip():
-                yield Where(url, line_no), line
+                yield Where(url, line_no), RawLine(line, offset)
+            offset += len(line)
 
 
-def parse_payload(payload: str | dict, where: Where) -> dict:
-    return payload if isinstance(payload, dict) else parse_json_line(payload, where)
+def parse_payload(payload: RawLine | str | dict, where: Where, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> dict:
+    """The record's fields. A line over `max_bytes` is refused before it is decoded or parsed (a 50 MB
+    line would otherwise take minutes to tokenize); a line that is not UTF-8 names the byte."""
+    if isinstance(payload, dict):
+        return payload
+    if isinstance(payload, RawLine):
+        if len(payload.data) > max_bytes:
+            raise BadRecord(where, "(line)", f"{len(payload.data):,} bytes, over data.max_record_bytes {max_bytes:,}",
+                            payload.data[:200].decode("utf-8", "replace"))
+        try:
+            payload = payload.data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = payload.data[err.start : err.start + 1].hex()
+            raise BadRecord(where, "(line)", f"not UTF-8: byte 0x{bad} at file offset {payload.offset + err.start} "
+                                             f"(column {err.start + 1}); re-encode the file as UTF-8",
+                            payload.data[:200].decode("utf-8", "replace")) from None
+    return parse_json_line(payload, where)
 
 
 def epoch_items(shards: list[str], epoch: int, seed: int, window: int) -> Iterator[tuple[Where, str | dict]]:
@@ -116,22 +143,31 @@ def epoch_items(shards: list[str], epoch: int, seed: int, window: int) -> Iterat
 
 def rank_items(
     shards: list[str], *, seed: int, window: int, rank: int, world_size: int, start: StreamPosition, epochs: int | None
-) -> Iterator[tuple[StreamPosition, Where, str | dict]]:
+) -> Iterator[tuple[StreamPosition, Where, RawLine | dict]]:
     """This rank's items (every world_size-th of the epoch order), from `start`, for `epochs` epochs
     (None: forever). Ranks never share an item, and together they cover the epoch."""
     epoch = start.epoch
     skip = start.taken
     while epochs is None or epoch < start.epoch + epochs:
-        taken = 0
+        taken, seen = 0, 0
         for i, (where, payload) in enumerate(epoch_items(shards, epoch, seed, window)):
+            seen = i + 1
             if i % world_size != rank:
                 continue
             if taken >= skip:
                 yield StreamPosition(epoch, taken), where, payload
             taken += 1
         if taken == 0:
-            raise DataSourceError(f"rank {rank} of {world_size} got no records: the data has fewer records than ranks")
+            raise _no_records(shards, seen, rank, world_size)
         epoch, skip = epoch + 1, 0
+
+
+def _no_records(shards: list[str], seen: int, rank: int, world_size: int) -> DataSourceError:
+    if seen == 0:
+        names = shards[0] if len(shards) == 1 else f"{shards[0]} and the {len(shards) - 1} other shard(s)"
+        return DataSourceError(f"{names}: empty, no records (blank lines are not records)")
+    return DataSourceError(f"rank {rank} of {world_size} got no records: the data has {seen} record(s), "
+                           f"fewer than the {world_size} ranks")
 
 
 def sha256_of(path: str) -> str:

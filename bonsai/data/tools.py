@@ -45,8 +45,14 @@ def read_rows(path: str) -> list[tuple[Where, dict]]:
 
         with fsspec.open(path, "rb") as f:
             return [(Where(path, i), row) for i, row in enumerate(pq.read_table(f).to_pylist(), start=1)]
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
-        text = f.read()
+    with fsspec.open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConvertError(f"{path}:{line}: not UTF-8: byte 0x{data[err.start:err.start + 1].hex()} at file offset "
+                           f"{err.start}; re-encode the file as UTF-8") from None
     if path.endswith(".json") and text.lstrip().startswith("["):
         return [(Where(path, i), row) for i, row in enumerate(json.loads(text), start=1)]
     rows = []

@@ -9,12 +9,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bonsai.config import ModelConfig
+from bonsai.errors import ModelSourceError
 
 
 def load_tokenizer(checkpoint: str, cfg: ModelConfig):
-    tokenizer = AutoTokenizer.from_pretrained(
-        checkpoint, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            checkpoint, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as err:  # transformers' words for "not a directory, and the hub is out of reach"
+        hint = ("a local model directory, or a hub id with the network (or HF_HUB_OFFLINE=1 once it is in the "
+                "Hugging Face cache)") if not Path(checkpoint).exists() else "a directory saved with save_pretrained"
+        raise ModelSourceError(f"model.name_or_path {checkpoint!r}: cannot be loaded ({str(err).splitlines()[0][:160]}); "
+                               f"expected {hint}") from None
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {checkpoint} has no EOS token; the template ends every response with it")
     if tokenizer.pad_token_id is None:

@@ -182,18 +182,31 @@ class MemoryCallback(Callback):
             t.logger.log(accounted, outcome.step)
 
 
-class EvalCallback(Callback):
-    """Eval loss overall and per category and language, every `eval.every_steps` and at the end."""
+class PeriodicCallback(Callback):
+    """Work done every `every()` steps and once at the end (the last step's turn is the end's)."""
 
-    name = "eval"
+    def every(self) -> int:
+        raise NotImplementedError
 
     def post_step(self, outcome: StepOutcome) -> None:
-        every, max_steps = self.trainer.cfg.eval.every_steps, self.trainer.cfg.train.max_steps
-        if every and outcome.step % every == 0 and outcome.step < max_steps:
+        every = self.every()
+        if every and outcome.step % every == 0 and outcome.step < self.trainer.cfg.train.max_steps:
             self._run(outcome.step)
 
     def on_fit_end(self, step: int) -> None:
         self._run(step)
+
+    def _run(self, step: int) -> None:
+        raise NotImplementedError
+
+
+class EvalCallback(PeriodicCallback):
+    """Eval loss overall and per category and language, every `eval.every_steps` and at the end."""
+
+    name = "eval"
+
+    def every(self) -> int:
+        return self.trainer.cfg.eval.every_steps
 
     def _run(self, step: int) -> None:
         t = self.trainer
@@ -216,7 +229,7 @@ def evaluate(dist, model, rows, cfg, pad_id: int) -> dict[str, float]:
     return breakdown_metrics("eval/loss", dist.sum(sums).tolist())  # host sync: eval results are logged
 
 
-class ProbeCallback(Callback):
+class ProbeCallback(PeriodicCallback):
     """The fixed probe questions, every `eval.probe_every` steps and at the end. Each rank generates its
     share at the same time, then one gather: no rank waits on another's generation."""
 
@@ -225,13 +238,8 @@ class ProbeCallback(Callback):
     def __init__(self, probes: list[Probe]):
         self.probes = probes
 
-    def post_step(self, outcome: StepOutcome) -> None:
-        every, max_steps = self.trainer.cfg.eval.probe_every, self.trainer.cfg.train.max_steps
-        if every and outcome.step % every == 0 and outcome.step < max_steps:
-            self._run(outcome.step)
-
-    def on_fit_end(self, step: int) -> None:
-        self._run(step)
+    def every(self) -> int:
+        return self.trainer.cfg.eval.probe_every
 
     def _run(self, step: int) -> None:
         t = self.trainer

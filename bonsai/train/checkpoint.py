@@ -3,11 +3,14 @@ so a crash mid-save leaves the previous checkpoint whole. Keeps the last K.
 
 Layout of `RUN_DIR/checkpoints/step_00000010/`: Accelerate's state (model and optimizer as
 safetensors/torch files, scheduler, per-rank RNG), `trainer_state.json` (step, counters, world size,
-every rank's data position) and `config.yaml`.
+every rank's data position), `config.yaml`, and, written last, `checkpoint.json`: every file and its
+size. A checkpoint is used only if it verifies against it; a bad newest one is reported and the newest
+one that verifies is used instead.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -17,12 +20,13 @@ from pathlib import Path
 
 from bonsai.config import BonsaiConfig, save_resolved
 from bonsai.train.distributed import Dist
-from bonsai.errors import CheckpointMismatch
+from bonsai.errors import CheckpointMismatch, CheckpointWriteError
 from bonsai.io import write_json
 from bonsai.rundir import RunDir
 from bonsai.data.stream import StreamPosition
 
 STATE_FILE = "trainer_state.json"
+MANIFEST = "checkpoint.json"  # written last: the checkpoint's files and their sizes
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 TMP_PREFIX = ".tmp-"
 
@@ -47,26 +51,95 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; temporary (half-written) directories are not listed."""
+    """Checkpoint directories, oldest first, verified or not; temporary (half-written) ones are not listed."""
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint (one line), or None if every file is there at its size."""
+    try:
+        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return f"{MANIFEST} is missing (the save did not complete)"
+    except (ValueError, KeyError):
+        return f"{MANIFEST} is unreadable"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size:,} bytes, {size:,} were written (truncated or changed)"
+    return None
+
+
+def find_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and one line for each newer one that does not."""
+    problems = []
+    for path in reversed(list_checkpoints(run_dir)):
+        why = verify_checkpoint(path)
+        if why is None:
+            return path, problems
+        problems.append(f"{path}: {why}")
+    return None, problems
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+    return find_checkpoint(run_dir)[0]
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """A verified checkpoint's size, from its manifest (0 if unknown)."""
+    try:
+        return sum(json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"].values())
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def free_space_warning(run_dir: Path) -> str | None:
+    """Said before a save when the disk cannot hold another checkpoint the size of the last one."""
+    latest = latest_checkpoint(run_dir)
+    needed = checkpoint_bytes(latest) if latest else 0
+    free = shutil.disk_usage(run_dir).free
+    if needed and free < needed:
+        return (f"{checkpoints_dir(run_dir)}: {free / 2**20:,.0f} MiB free, the last checkpoint took "
+                f"{needed / 2**20:,.0f} MiB: the next save will likely fail (free space, or lower train.keep_checkpoints)")
+    return None
+
+
+def _disk_full(err: BaseException) -> bool:
+    text = str(err)
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "os error 28" in text \
+        or "unexpected pos" in text  # torch.save's zip writer when a write comes up short
 
 
 def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
                     write_rank_files: Callable[[Path], None] | None = None) -> Path:
     """Collective: every rank calls it. `write_rank_files(dir)` lets each rank add its own files before
-    the checkpoint becomes visible. Returns the final directory."""
+    the checkpoint becomes visible. Returns the final directory. A full disk removes the partial save
+    and raises CheckpointWriteError naming the last complete checkpoint."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{state.step:08d}"
     tmp = root / f"{TMP_PREFIX}{final.name}"
+    needed = checkpoint_bytes(latest_checkpoint(run_dir) or final)
+    try:
+        return _save(dist, run_dir, state, cfg, keep, write_rank_files, final, tmp)
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial save would keep the space
+        free = shutil.disk_usage(run_dir).free
+        raise CheckpointWriteError(
+            f"no space left on device while writing checkpoint step {state.step} to {root} (needed "
+            f"~{needed / 2**20:,.0f} MiB, free {free / 2**20:,.1f} MiB); last complete checkpoint: "
+            f"{latest_checkpoint(run_dir) or 'none'}") from err
+
+
+def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
+          write_rank_files: Callable[[Path], None] | None, final: Path, tmp: Path) -> Path:
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
         tmp.mkdir(parents=True)
@@ -78,6 +151,8 @@ def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiC
     if dist.is_main:
         write_json(tmp / STATE_FILE, asdict(state))
         save_resolved(cfg, tmp / "config.yaml")
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_json(tmp / MANIFEST, {"step": state.step, "files": files})  # last: it says the rest is whole
         if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
@@ -87,13 +162,19 @@ def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiC
     return final
 
 
-def load_checkpoint(dist: Dist, path: Path) -> TrainerState:
+def check_resumable(path: Path, world_size: int) -> TrainerState:
+    """The checkpoint's trainer state, if this many processes can resume it (before any heavy work)."""
     state = TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
-    if state.world_size != dist.world_size:
+    if state.world_size != world_size:
         raise CheckpointMismatch(
-            f"{path} was written by {state.world_size} process(es), this run has {dist.world_size}: "
+            f"{path} was written by {state.world_size} process(es), this run has {world_size}: "
             f"exact resume needs the same world size (each rank's data position is saved). "
             f"Relaunch with {state.world_size} processes, or start a new output_dir."
         )
+    return state
+
+
+def load_checkpoint(dist: Dist, path: Path) -> TrainerState:
+    state = check_resumable(path, dist.world_size)
     dist.accelerator.load_state(str(path))
     return state

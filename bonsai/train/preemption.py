@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from bonsai.io import write_jsonl
 from bonsai.rundir import RunDir
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", which is what a requeue does
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 STOP_FILE_ENV = "BONSAI_STOP_FILE"
 DEADLINE_ENV = "BONSAI_DEADLINE"
 DEADLINE_MARGIN_S = 60.0
@@ -31,11 +33,14 @@ def under_launcher_agent() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def preempted_exit_code() -> int:
-    """EXIT_PREEMPTED when run directly. Under torchrun's agent, 0: the agent turns any other code into
-    its own 1 and a ChildFailedError traceback, which a script cannot tell from a crash. There the
-    stop is told apart by RUN_DIR/stopped.json (what slurm/train.sbatch reads)."""
-    return 0 if under_launcher_agent() else EXIT_PREEMPTED
+def preempted_exit_code(reason: str | None = None) -> int:
+    """EXIT_PREEMPTED when run directly (EXIT_INTERRUPTED after Ctrl-C). Under torchrun's agent, 0: the
+    agent turns any other code into its own 1 and a ChildFailedError traceback, which a script cannot
+    tell from a crash. There the stop is told apart by RUN_DIR/stopped.json (what slurm/train.sbatch
+    reads)."""
+    if under_launcher_agent():
+        return 0
+    return EXIT_INTERRUPTED if reason == "SIGINT" else EXIT_PREEMPTED
 
 
 def deadline_reached(now: float, deadline: float | None, longest_step_s: float, longest_checkpoint_s: float,
@@ -80,6 +85,11 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            # Ctrl-C finishes the step and checkpoints, like SIGTERM; a second Ctrl-C aborts at once.
+            print("Ctrl-C: finishing this step and checkpointing (Ctrl-C again to abort without saving)",
+                  file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def install(self) -> StopRequest:
         for sig in STOP_SIGNALS:

@@ -16,17 +16,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate.utils import set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from bonsai.train.callbacks import (Callback, Callbacks, EvalCallback, MemoryCallback, MonitorCallback, ProbeCallback,
                               StepOutcome, ThroughputCallback)
-from bonsai.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from bonsai.config import BonsaiConfig, redact, save_resolved
+from bonsai.train.checkpoint import (TrainerState, check_resumable, find_checkpoint, latest_checkpoint, load_checkpoint,
+                                     free_space_warning, save_checkpoint)
+from bonsai.train.lock import RunLock
+from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
 from bonsai.train.deepspeed import fill_deepspeed_config
 from bonsai.train.distributed import Dist, is_peer_failure, launcher_world_size, setup_distributed
-from bonsai.errors import CollectiveFailure, DataError, TrainingUnstable
+from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.loading import count_parameters, load_model, load_tokenizer, numel, save_final_model
@@ -88,6 +91,7 @@ class Trainer:
         self.say = dist.accelerator.print
         self.logger: FanOut | None = None
         self.stop: StopRequest | None = None
+        self.lock: RunLock | None = None
         self.state = TrainerState(world_size=dist.world_size, data_positions=[StreamPosition().to_dict()] * dist.world_size)
 
     # --- setup ------------------------------------------------------------------------------------
@@ -96,6 +100,7 @@ class Trainer:
         """Build data, model, optimizer and callbacks, and resume. Returns an exit code when there is
         nothing to train (the run already finished), else None."""
         cfg, dist = self.cfg, self.dist
+        self._take_run_dir()
         with dist.accelerator.main_process_first():
             self.model_source = resolve_checkpoint(cfg)
         self.tokenizer = load_tokenizer(self.model_source, cfg.model)
@@ -107,20 +112,68 @@ class Trainer:
         self._setup_model()
         self.callbacks = Callbacks(build_callbacks(cfg, dist.is_deepspeed))
         self.callbacks.setup(self)
-        latest = latest_checkpoint(self.run_dir)
-        if latest is not None:
-            self._load(latest)
-            self.say(f"resumed from {latest} at step {self.state.step}")
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+            self.say(f"resumed from {self.resume_from} at step {self.state.step}")
+        if self.state.finished and self.state.step < cfg.train.max_steps:
+            self.state.finished = False  # train.max_steps was raised: go on from the final checkpoint
         if self.state.finished:
             self.say(f"{self.run_dir} already finished {self.state.step} steps; nothing to do "
                      f"(use a new output_dir to train again)")
             return 0
         if dist.is_main:
-            save_resolved(cfg, self.run.config)
+            save_resolved(cfg, self.run.config)  # what runs now; each stretch's own is kept beside it
+            save_resolved(cfg, self.run.segment_config(self.state.step))
             self.logger = build_loggers(cfg, self.run, self.state, self.say)
         self.rows = TrainRows(self.data, self.state.position_for(dist.rank))
         self.stop = StopRequest.from_env().install()
         return None
+
+    def _take_run_dir(self) -> None:
+        """Before any work: the run dir's lock (rank 0 takes it, every rank learns the outcome), and
+        whether its checkpoint can be resumed with this many processes."""
+        refusal = None
+        if self.dist.is_main:
+            self.lock = RunLock(self.run_dir)
+            try:
+                warning = self.lock.acquire()
+                if warning:
+                    self.say(f"warning: {warning}")
+            except (RunDirLocked, ConfigError) as err:
+                self.lock, refusal = None, (type(err).__name__, str(err))
+        refusal = self.dist.gather_objects(refusal)[0]
+        if refusal:
+            raise {"RunDirLocked": RunDirLocked, "ConfigError": ConfigError}[refusal[0]](refusal[1])
+        self.resume_from = self._verified_checkpoint()
+        if self.resume_from is not None:
+            check_resumable(self.resume_from, self.dist.world_size)
+            self._check_config_changes(self.resume_from)
+
+    def _check_config_changes(self, checkpoint: Path) -> None:
+        """Resuming never lies about its config: allowed changes are announced, others refused."""
+        saved = yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8"))
+        allowed, refused = config_changes(saved, self.cfg)
+        if refused:
+            raise ConfigError(
+                f"resuming {self.run_dir} with a changed config ({'; '.join(refused)}): these keys cannot change "
+                f"on resume (the saved optimizer and schedule, or the data, would contradict them). Run the same "
+                f"config, or train into a new train.output_dir")
+        if allowed:
+            self.say(f"config changed since {checkpoint.name}: {'; '.join(allowed)}")
+
+    def _verified_checkpoint(self) -> Path | None:
+        """The newest checkpoint that verifies; a run dir with history is never retrained from scratch."""
+        latest, problems = find_checkpoint(self.run_dir)
+        for problem in problems:
+            self.say(f"warning: checkpoint {problem}; not used")
+        if latest is None and problems:
+            raise CheckpointMismatch(
+                f"{self.run.checkpoints} holds {len(problems)} checkpoint(s) and none is complete ({problems[0]}); "
+                f"nothing was loaded or overwritten. Restore a checkpoint, or use a new train.output_dir")
+        if latest is None and self.run.metrics.exists() and self.run.metrics.stat().st_size:
+            self.say(f"warning: {self.run.metrics} holds rows of an earlier attempt that saved no checkpoint; "
+                     f"training starts at step 0 and replaces them")
+        return latest
 
     def _setup_model(self) -> None:
         cfg, dist = self.cfg, self.dist
@@ -143,7 +196,13 @@ class Trainer:
 
     def _load(self, checkpoint: Path) -> None:
         """Model, optimizer, scheduler, RNG and counters from `checkpoint`, and every callback's state."""
-        self.state = load_checkpoint(self.dist, checkpoint)
+        try:
+            self.state = load_checkpoint(self.dist, checkpoint)
+        except CheckpointMismatch:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:  # sizes verified, contents not: say which one
+            raise CheckpointMismatch(f"{checkpoint} verified but could not be loaded ({str(err).splitlines()[0][:200]}); "
+                                     f"move it aside to resume from the one before") from err
         states = checkpoint / CALLBACK_STATE.format(rank=self.dist.rank)
         if states.exists():
             self.callbacks.load_state_dict(json.loads(states.read_text(encoding="utf-8")))
@@ -248,16 +307,19 @@ class Trainer:
             write_stopped(self.run_dir, self.state.step, saved, "; ".join(asked))
         dist.barrier()  # a rank that exits early can make srun kill rank 0 before it wrote that
         # Every rank says why it stops: the one that got the signal is the one to look for.
+        code = preempted_exit_code(reason)
         print(f"rank {dist.rank}: stop requested ({reason or 'by another rank'}): checkpointed step "
-              f"{self.state.step}, exiting with {preempted_exit_code()} (resume: run the same command again)",
-              flush=True)
-        return preempted_exit_code()
+              f"{self.state.step}, exiting with {code} (resume: run the same command again)", flush=True)
+        return code
 
     def checkpoint(self) -> Path:
         """A collective: every rank's data position, its callbacks' state, and Accelerate's state."""
         begun = time.perf_counter()
         dist = self.dist
         self.state.data_positions = dist.gather_objects(self.rows.position.to_dict())
+
+        if dist.is_main and (warning := free_space_warning(self.run_dir)):
+            self.say(f"warning: {warning}")
 
         def write_rank_files(directory: Path) -> None:
             self.callbacks.on_checkpoint(directory)
@@ -308,6 +370,8 @@ class Trainer:
             self.logger.close()
         if self.stop:
             self.stop.uninstall()
+        if self.lock:
+            self.lock.release()
 
 
 # --- building blocks ------------------------------------------------------------------------------
