@@ -170,7 +170,8 @@ class EvalConfig(_Section):
 
 class WandbConfig(_Section):
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto: online when WANDB_API_KEY is set, offline otherwise (sync later with `wandb sync`)."""
+    """auto: WANDB_MODE when set; else online when WANDB_API_KEY is set, offline otherwise (sync later
+    with `wandb sync`)."""
     project: str = "bonsai"
     entity: str | None = None
     name: str | None = None

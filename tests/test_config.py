@@ -124,3 +124,17 @@ def test_saved_config_of_every_shipped_config_loads_back(tmp_path):
         cfg = load_config(path)
         save_resolved(cfg, tmp_path / path.name)
         assert load_config(tmp_path / path.name) == cfg, path.name
+
+
+def test_wandb_auto_mode_follows_wandb_mode_then_the_api_key(monkeypatch):
+    from bonsai.config import WandbConfig
+    from bonsai.observe.wandb_logger import resolve_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert resolve_mode(WandbConfig()) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode(WandbConfig()) == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(WandbConfig()) == "disabled"
+    assert resolve_mode(WandbConfig(mode="offline")) == "offline"  # the config's own word wins

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wandb_offline import history, wandb_records
 from conftest import ROOT, SAMPLE, LAUNCH_TIMEOUT_S, base_config, losses, run_train, subprocess_env, train_command, write_config
 
 INVARIANCE_STEPS = 8
@@ -101,6 +102,12 @@ def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache
 
     run_train(config("straight"), nproc=2, launch=launch)
     reference = losses(tmp_path / "straight")
+    # Launched processes end with os._exit once everything is flushed: the W&B file of the finished
+    # run holds every step and the run's exit record, and the checkpoint and model are whole.
+    records = wandb_records(tmp_path / "straight")
+    assert max(json.loads(r["train/step"]) for r in history(records) if "train/step" in r) == steps
+    assert any(r.WhichOneof("record_type") == "exit" for r in records)
+    assert json.loads((tmp_path / "straight" / "summary.json").read_text())["steps"] == steps
 
     interrupted = config("interrupted")
     proc = subprocess.Popen(train_command(interrupted, nproc=2, launch=launch), cwd=ROOT, env=subprocess_env(),

@@ -21,8 +21,12 @@ def _text(number) -> str:
 
 
 def resolve_mode(cfg: WandbConfig) -> str:
+    """`auto`: W&B's own WANDB_MODE when it is set (online, offline, disabled), else online with an
+    API key and offline without one."""
     if cfg.mode != "auto":
         return cfg.mode
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
