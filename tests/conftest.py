@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,15 @@ def losses(run_dir: Path) -> dict[int, float]:
     from bonsai.observe.metrics import read_metrics
 
     return {row["step"]: row["loss"] for row in read_metrics(run_dir) if "loss" in row}
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited {proc.returncode} before step {step}")
+        if metrics.exists() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines() if l):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached in {timeout}s")

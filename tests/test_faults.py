@@ -4,21 +4,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import ROOT, base_config, losses, run_train, sample_records, subprocess_env, train_command, write_config
-
-
-def _wait_for_step(run_dir, step, proc, timeout=240):
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before step {step}: {proc.stdout.read()[-3000:]}")
-        if metrics.exists() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines()):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
+from conftest import ROOT, base_config, losses, run_train, sample_records, subprocess_env, train_command, write_config, wait_for_step
 
 
 def test_ctrl_c_finishes_the_step_checkpoints_and_exits_130_and_the_resume_is_exact(tmp_path, model_cache):
@@ -33,7 +20,7 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_exits_130_and_the_resume_is_ex
     proc = subprocess.Popen(train_command(interrupted), cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_step(tmp_path / "interrupted", 3, proc)
+        wait_for_step(tmp_path / "interrupted", 3, proc)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -46,53 +33,45 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_exits_130_and_the_resume_is_ex
     assert losses(tmp_path / "interrupted") == losses(tmp_path / "straight")
 
 
-def _train_on(tmp_path, model_cache, lines: bytes, policy: str = "error"):
+def _train_on(tmp_path, model_cache, tiny_dir, lines: bytes, policy: str = "error"):
     data = tmp_path / "data"
     data.mkdir(parents=True)
     (data / "part-00000.jsonl").write_bytes(lines)
     cfg = base_config(tmp_path / "run", model_cache, data)
-    cfg["model"]["name_or_path"] = str(_tiny(model_cache))
+    cfg["model"]["name_or_path"] = str(tiny_dir)
     cfg["data"].update(on_bad_record=policy, eval_fraction=0.0)
     cfg["train"].update(max_steps=2, warmup_steps=0)
     cfg["eval"] = {"probes": None}
     return run_train(write_config(tmp_path / "c.yaml", cfg), check=False)
 
 
-def _tiny(model_cache):
-    from bonsai.config import TinyPhiConfig
-    from bonsai.model.source import tiny_phi_for
-    from conftest import SAMPLE
-
-    return tiny_phi_for(str(SAMPLE), TinyPhiConfig(), model_cache, seed=42)
-
-
 def _good_lines(n=40) -> bytes:
     return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in sample_records()[:n])
 
 
-def test_non_utf8_bytes_name_file_line_and_offset_under_both_policies(tmp_path, model_cache):
+def test_non_utf8_bytes_name_file_line_and_offset_under_both_policies(tmp_path, model_cache, tiny_dir):
     bad = b'{"id": "x", "instruction": "caf\xe9", "output": "o", "category": "open_qa", "lang": "en"}\n'
     lines = _good_lines(20) + bad + _good_lines(40)[len(_good_lines(20)):]
     offset = len(_good_lines(20)) + bad.index(b"\xe9")
-    proc = _train_on(tmp_path / "error", model_cache, lines)
+    proc = _train_on(tmp_path / "error", model_cache, tiny_dir, lines)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"part-00000.jsonl:21: field '(line)': not UTF-8: byte 0xe9 at file offset {offset}" in proc.stderr
-    proc = _train_on(tmp_path / "skip", model_cache, lines, policy="skip")
+    proc = _train_on(tmp_path / "skip", model_cache, tiny_dir, lines, policy="skip")
     assert proc.returncode == 0, proc.stderr[-3000:]
     quarantined = [json.loads(l) for l in (tmp_path / "skip" / "run" / "quarantine.jsonl").read_text().splitlines()]
     assert [(q["line"], q["reason"][:10]) for q in quarantined] == [(21, "not UTF-8:")]
 
 
-def test_a_huge_record_is_refused_before_it_is_parsed(tmp_path, model_cache):
+def test_a_huge_record_is_refused_before_it_is_parsed(tmp_path, model_cache, tiny_dir):
     huge = json.dumps({"id": "big", "instruction": "x", "output": "y" * 50_000_000, "category": "open_qa",
                        "lang": "en"}).encode() + b"\n"
-    proc = _train_on(tmp_path, model_cache, _good_lines() + huge)  # (was: no answer in 300 s, 3 GB)
+    proc = _train_on(tmp_path, model_cache, tiny_dir, _good_lines() + huge)  # (was: no answer in 300 s, 3 GB)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"part-00000.jsonl:41: field '(line)': {len(huge):,} bytes, over data.max_record_bytes 1,048,576" in proc.stderr
 
 
-def test_an_empty_data_file_says_it_is_empty(tmp_path, model_cache):
-    proc = _train_on(tmp_path, model_cache, b"\n\n")
+def test_an_empty_data_file_says_it_is_empty(tmp_path, model_cache, tiny_dir):
+    proc = _train_on(tmp_path, model_cache, tiny_dir, b"\n\n")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("part-00000.jsonl: empty, no records (blank lines are not records)")
 
@@ -105,7 +84,7 @@ def test_one_writer_per_run_dir_and_a_dead_holder_is_taken_over(tmp_path, model_
     first = subprocess.Popen(train_command(config), cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_step(tmp_path / "run", 3, first)
+        wait_for_step(tmp_path / "run", 3, first)
         second = run_train(config, ["train.lr=1e-2"], check=False)
         assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
         assert f"is in use by pid {first.pid} on " in second.stderr and "one run per output_dir" in second.stderr

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wandb_offline import history, wandb_records
-from conftest import ROOT, SAMPLE, LAUNCH_TIMEOUT_S, base_config, losses, run_train, subprocess_env, train_command, write_config
+from conftest import ROOT, SAMPLE, LAUNCH_TIMEOUT_S, base_config, losses, run_train, subprocess_env, train_command, write_config, wait_for_step
 
 INVARIANCE_STEPS = 8
 
@@ -76,18 +76,6 @@ def _rank_of(pid: int) -> int | None:
     return None
 
 
-def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    metrics = run_dir / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited {proc.returncode} before step {step}")
-        if metrics.exists() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines() if l):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached in {timeout}s")
-
-
 @pytest.mark.parametrize("launch", [None, "zero3"], ids=["ddp", "zero3"])
 def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache, launch):
     """Two ranks; rank 1 alone gets SIGTERM mid-run. Both ranks stop after the same step, checkpoint
@@ -113,7 +101,7 @@ def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache
     proc = subprocess.Popen(train_command(interrupted, nproc=2, launch=launch), cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_step(tmp_path / "interrupted", 3, proc)
+        wait_for_step(tmp_path / "interrupted", 3, proc)
         rank1 = [p for p in _children(proc.pid) if _rank_of(p) == 1]
         assert rank1, "rank 1 not found among the launcher's children"
         os.kill(rank1[0], signal.SIGTERM)
@@ -211,7 +199,7 @@ def test_a_killed_rank_makes_the_others_fail_fast_with_a_clear_message(tmp_path,
     proc = subprocess.Popen(train_command(config, nproc=2), cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_step(tmp_path / "run", 3, proc)
+        wait_for_step(tmp_path / "run", 3, proc)
         rank1 = [p for p in _children(proc.pid) if _rank_of(p) == 1]
         assert rank1
         killed_at = time.monotonic()

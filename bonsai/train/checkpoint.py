@@ -99,10 +99,15 @@ def checkpoint_bytes(path: Path) -> int:
         return 0
 
 
+def _previous_size(run_dir: Path) -> tuple[Path | None, int]:
+    """The last complete checkpoint and its size: what the next save will need, about."""
+    latest = latest_checkpoint(run_dir)
+    return latest, checkpoint_bytes(latest) if latest else 0
+
+
 def free_space_warning(run_dir: Path) -> str | None:
     """Said before a save when the disk cannot hold another checkpoint the size of the last one."""
-    latest = latest_checkpoint(run_dir)
-    needed = checkpoint_bytes(latest) if latest else 0
+    _, needed = _previous_size(run_dir)
     free = shutil.disk_usage(run_dir).free
     if needed and free < needed:
         return (f"{checkpoints_dir(run_dir)}: {free / 2**20:,.0f} MiB free, the last checkpoint took "
@@ -124,7 +129,7 @@ def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiC
     root = checkpoints_dir(run_dir)
     final = root / f"step_{state.step:08d}"
     tmp = root / f"{TMP_PREFIX}{final.name}"
-    needed = checkpoint_bytes(latest_checkpoint(run_dir) or final)
+    previous, needed = _previous_size(run_dir)
     try:
         return _save(dist, run_dir, state, cfg, keep, write_rank_files, final, tmp)
     except (OSError, RuntimeError) as err:
@@ -135,7 +140,7 @@ def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiC
         raise CheckpointWriteError(
             f"no space left on device while writing checkpoint step {state.step} to {root} (needed "
             f"~{needed / 2**20:,.0f} MiB, free {free / 2**20:,.1f} MiB); last complete checkpoint: "
-            f"{latest_checkpoint(run_dir) or 'none'}") from err
+            f"{previous or 'none'}") from err
 
 
 def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
