@@ -59,7 +59,12 @@ class ModelConfig(_Section):
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = LoraConfig()
     merge_lora_on_save: bool = False
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: Literal["auto", "sdpa_varlen", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
+    """auto: flash_attention_2 on CUDA with flash-attn installed, else sdpa_varlen (per-document sdpa). Those and
+    flex_attention isolate packed documents without a mask; sdpa and eager use a dense (L x L) block mask."""
+    loss_chunk_tokens: int = Field(256, ge=0)
+    """Positions scored per chunk of the loss: logits exist for one chunk at a time (recomputed in backward).
+    0 computes the whole row's logits at once."""
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     cache_dir: str = ".cache/bonsai"
@@ -107,6 +112,10 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(0, ge=0)
     """Steps between checkpoints; 0 saves only at the end."""
     keep_checkpoints: int = Field(2, ge=1)
+    save_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """dtype of the final model's weights (full, or merged LoRA): auto saves what the run computed in,
+    bf16 under bf16 precision (half the disk; Phi-2 itself ships in half precision), fp32 otherwise.
+    Checkpoints always keep the fp32 master weights. LoRA adapters are saved in fp32."""
     log_every: int = Field(1, ge=1)
 
     @model_validator(mode="after")
@@ -144,6 +153,9 @@ class TrainConfig(_Section):
 class DistributedConfig(_Section):
     timeout_s: float = Field(600.0, gt=0)
     """Longest wait in any collective before the run fails instead of hanging."""
+    threads_per_process: int | None = Field(None, ge=1)
+    """Intra-op CPU threads per process. None: the cores this process may use divided by the processes on
+    its node (launchers' own default, OMP_NUM_THREADS=1 under accelerate and torchrun, is replaced)."""
 
 
 class DecodeConfig(_Section):

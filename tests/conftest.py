@@ -99,7 +99,9 @@ def train_command(config: Path, overrides: list[str] = (), nproc: int = 1, launc
 
 def subprocess_env() -> dict:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"})
+    # No OMP_NUM_THREADS: Bonsai gives each process its share of the cores, as it does for users.
+    env.pop("OMP_NUM_THREADS", None)
+    env.update({"PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"})
     return env
 
 

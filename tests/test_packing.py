@@ -7,7 +7,9 @@ import torch
 
 from bonsai.config import DataConfig, ModelConfig
 from bonsai.data.dataset import RankData
+from bonsai.model.attention import document_bounds, needs_dense_mask
 from bonsai.model.loss import forward_loss
+from bonsai.model.loss_head import find_loss_head
 from bonsai.model.loading import load_model
 from bonsai.data.packing import Document, Row, block_causal_mask, collate, pack_best_fit, pack_documents
 from bonsai.data.records import Record, Where
@@ -25,10 +27,17 @@ def _documents(tokenizer, n):
     return docs
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+# Every attention that trains on CPU, each with whole-row logits and with a chunked loss whose chunks
+# (16 positions) cut through documents.
+CPU_PATHS = [("sdpa_varlen", 16), ("sdpa_varlen", 0), ("sdpa", 16), ("eager", 0)]
+
+
+@pytest.fixture(scope="module", params=CPU_PATHS, ids=[f"{a}-chunk{c}" for a, c in CPU_PATHS])
 def model(request, tiny_dir):
-    m = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir), attn_implementation=request.param),
-                   torch.float32)
+    attention, chunk = request.param
+    m = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir), attn_implementation=attention,
+                                              loss_chunk_tokens=chunk), torch.float32)
+    assert m.config._attn_implementation == attention
     return m.eval()
 
 
@@ -43,17 +52,76 @@ def test_packed_loss_equals_each_document_alone(model, tokenizer):
             torch.testing.assert_close(together.record_loss_sum[i], alone.record_loss_sum[0], rtol=1e-5, atol=1e-5)
 
 
-def test_position_ids_with_a_padding_mask_do_not_isolate_documents(model, tokenizer):
-    """Why Bonsai passes its own mask: transformers 5.x detects packing from position_ids only when no 2D
-    mask is given; the usual all-ones padding mask silently lets later documents see earlier ones."""
+def _gradients(model) -> dict[str, torch.Tensor]:
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_packed_gradients_equal_the_sum_of_each_document_alone(model, tokenizer):
+    """Two rows of several documents (one row padded) against every document in its own forward."""
+    docs = _documents(tokenizer, 7)
+    model.zero_grad(set_to_none=True)
+    forward_loss(model, collate([Row(docs[:4]), Row(docs[4:])], tokenizer.pad_token_id)).loss_sum.backward()
+    packed = _gradients(model)
+    for doc in docs:
+        forward_loss(model, collate([Row([doc])], tokenizer.pad_token_id)).loss_sum.backward()
+    alone = _gradients(model)
+    assert packed.keys() == alone.keys() and len(packed) > 10
+    for name in packed:
+        torch.testing.assert_close(packed[name], alone[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_chunked_loss_equals_whole_row_logits(tiny_dir, tokenizer):
+    """Same per-token losses within 1e-5 and the same gradients whatever the chunk size (1 position, a
+    chunk that cuts documents, one chunk for all), and no chunking when not asked."""
+    docs = _documents(tokenizer, 6)
+    batch = collate([Row(docs[:3]), Row(docs[3:])], tokenizer.pad_token_id)
+    losses, grads = {}, {}
+    for chunk in (0, 1, 7, 64, 4096):
+        m = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir), loss_chunk_tokens=chunk), torch.float32)
+        assert (find_loss_head(m) is None) == (chunk == 0)
+        out = forward_loss(m, batch)
+        out.loss_sum.backward()
+        losses[chunk], grads[chunk] = out.record_loss_sum, _gradients(m)
+    for chunk in losses:
+        torch.testing.assert_close(losses[chunk], losses[0], rtol=1e-5, atol=1e-5, msg=f"chunk {chunk}")
+        for name in grads[0]:
+            torch.testing.assert_close(grads[chunk][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_chunked_loss_refuses_an_objective_other_than_the_sum(tiny_dir, tokenizer):
+    """Its gradients are taken in forward for a plain sum; a weighted sum must fail, not train wrong."""
+    m = load_model(str(tiny_dir), ModelConfig(name_or_path=str(tiny_dir), loss_chunk_tokens=8), torch.float32)
+    batch = collate([Row(_documents(tokenizer, 2))], tokenizer.pad_token_id)
+    with find_loss_head(m).scoring(batch.labels[:, 1:]):
+        token_loss = m(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+    (token_loss * 2).sum().backward()  # a uniform scale is a sum
+    with find_loss_head(m).scoring(batch.labels[:, 1:]):
+        token_loss = m(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+    weights = torch.linspace(0.5, 1.5, token_loss.shape[1])
+    with pytest.raises(RuntimeError, match="only a sum"):
+        (token_loss * weights).sum().backward()
+
+
+def test_document_bounds_follow_transformers_rule():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    assert document_bounds(positions) == [[(0, 3), (3, 5), (5, 6), (6, 10)], [(0, 10)]]
+
+
+def test_the_all_ones_mask_trap_is_caught_or_harmless(model, tokenizer):
+    """transformers detects packing from position_ids only when no 2-D mask is given, so the usual all-ones
+    padding mask silently lets later documents see earlier ones under sdpa and eager: the comparison this
+    file makes catches that leak. sdpa_varlen reads the documents from position_ids whatever the mask."""
     docs = _documents(tokenizer, 3)
     packed = collate([Row(docs)], tokenizer.pad_token_id)
     alone = collate([Row([docs[1]])], tokenizer.pad_token_id)
     with torch.no_grad():
-        leaky = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                      attention_mask=torch.ones_like(packed.input_ids)).logits[0, packed.doc_index[0] == 1]
+        with_ones = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                          attention_mask=torch.ones_like(packed.input_ids)).logits[0, packed.doc_index[0] == 1]
         isolated = model(input_ids=alone.input_ids, position_ids=alone.position_ids).logits[0]
-    assert not torch.allclose(leaky, isolated, atol=1e-3)
+    leaks = not torch.allclose(with_ones, isolated, atol=1e-3)
+    assert leaks == needs_dense_mask(model.config._attn_implementation)
 
 
 def test_greedy_packing_keeps_order_and_never_splits(tokenizer):

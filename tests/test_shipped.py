@@ -197,3 +197,19 @@ def test_zero_memory_per_rank_and_export_of_a_zero3_checkpoint(shipped_run, tmp_
     ids = torch.randint(0, 500, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, trained(ids).logits, rtol=0, atol=1e-6)
+
+    # LoRA: the export consolidates only the adapters (not a second copy of the frozen base) and merges
+    # them shard by shard; both equal what the run itself saved.
+    run_dir = shipped_run("phi2_lora", "zero3")[0]
+    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    proc = subprocess.run([sys.executable, "-m", "bonsai.cli", "export", str(final), "--out", str(tmp_path / "lora")],
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported, saved = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "lora", run_dir / "model"))
+    assert exported.keys() == saved.keys() and len(saved) == 2 * 2 * 6
+    for key, tensor in saved.items():
+        torch.testing.assert_close(exported[key], tensor, rtol=0, atol=1e-6)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora-merged")
+    trained = AutoModelForCausalLM.from_pretrained(run_dir / "model-merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, trained(ids).logits, rtol=0, atol=1e-5)

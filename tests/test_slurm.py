@@ -47,6 +47,9 @@ def _config(tmp_path: Path, cache: Path, name: str, steps: int = STEPS) -> Path:
     cfg = base_config(tmp_path / name, cache)
     cfg["train"].update(max_steps=steps, micro_batch_size=2, log_every=1)
     cfg["eval"] = {"probes": None}
+    # Both "nodes" of the local cluster share this machine's cores, so each would take all of them and
+    # the layouts would run different thread counts (same losses to ~1e-7, not bit for bit): pin one.
+    cfg["distributed"]["threads_per_process"] = 1
     return write_config(tmp_path / f"{name}.yaml", cfg)
 
 

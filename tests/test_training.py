@@ -175,6 +175,26 @@ def test_lora_run_saves_full_adapter_and_equivalent_merged_model(tmp_path, model
     assert (out / "eval.png").stat().st_size > 10_000 and "loss/category/translation" in ev.stdout
 
 
+def test_full_model_is_saved_in_bf16_on_request_from_the_fp32_master_weights(tmp_path, model_cache):
+    """train.save_dtype bf16: the model dir holds the final checkpoint's fp32 weights rounded to bf16 (half
+    the bytes), config.json says so, and it loads for generation."""
+    from safetensors.torch import load_file
+
+    cfg = base_config(tmp_path / "bf16", model_cache)
+    cfg["train"].update(max_steps=3, save_dtype="bf16")
+    run_train(write_config(tmp_path / "bf16.yaml", cfg))
+    saved = load_file(tmp_path / "bf16" / "model" / "model.safetensors")
+    master = load_file(tmp_path / "bf16" / "checkpoints" / "step_00000003" / "model.safetensors")
+    assert saved.keys() == master.keys() and all(t.dtype == torch.bfloat16 for t in saved.values())
+    for key, weight in master.items():
+        assert torch.equal(saved[key], weight.to(torch.bfloat16)), key
+    assert json.loads((tmp_path / "bf16" / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    answer = subprocess.run([sys.executable, "-m", "bonsai.cli", "generate", str(tmp_path / "bf16" / "model"),
+                             "--max-new-tokens", "4", "--prompt", "What is the capital of Japan?"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=subprocess_env())
+    assert answer.returncode == 0, answer.stderr[-2000:]
+
+
 def test_results_do_not_depend_on_whether_the_model_cache_existed(tmp_path):
     """Building tiny-phi must not consume the run's random state (it once shifted LoRA's init)."""
     cache = tmp_path / "fresh-cache"

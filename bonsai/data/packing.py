@@ -1,8 +1,8 @@
 """Rows of tokens for the model: several documents packed per row, or one per row with padding.
 
-A packed row carries, per token, the index of the document it belongs to. `block_causal_mask` turns
-that into a 4D mask so a document attends only to itself: position_ids restarting at 0 do
-not isolate documents in transformers 5.x Phi (sdpa or eager), an explicit mask does.
+A packed row carries, per token, the index of the document it belongs to and positions restarting at 0
+for every document. The mask-free attentions (bonsai.model.attention) isolate documents from the
+positions; `block_causal_mask` turns the indices into the dense 4D mask that sdpa and eager need.
 """
 
 from __future__ import annotations
@@ -167,6 +167,9 @@ def collate(rows: list[Row], pad_id: int, pad_to: int | None = None) -> Batch:
             doc_index[b, start:end] = len(records)
             records.append(doc.record)
             start = end
+        # Padding restarts its positions too, so position-based document detection sees it as one more
+        # document (it carries no loss) instead of the tail of the last real one.
+        position_ids[b, start:] = torch.arange(length - start)
     return Batch(input_ids, labels, position_ids, doc_index, records)
 
 

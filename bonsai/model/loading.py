@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -10,6 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bonsai.config import ModelConfig
 from bonsai.errors import ModelSourceError
+from bonsai.model.attention import resolve_attention
+from bonsai.model.merge import local_model_dir, merge_lora_shards, set_saved_dtype
+from bonsai.model.loss_head import install_loss_head
 
 
 def load_tokenizer(checkpoint: str, cfg: ModelConfig):
@@ -30,16 +32,18 @@ def load_tokenizer(checkpoint: str, cfg: ModelConfig):
     return tokenizer
 
 
-def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype):
+def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, device_type: str = "cpu"):
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint,
         revision=cfg.revision,
         dtype=weights_dtype,
-        attn_implementation=cfg.attn_implementation,
+        attn_implementation=resolve_attention(cfg.attn_implementation, device_type),
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=None if cfg.trust_remote_code else True,
     )
     model.config.use_cache = False  # no KV cache in training; it only costs memory
+    if cfg.loss_chunk_tokens:
+        install_loss_head(model, cfg.loss_chunk_tokens)
     if cfg.gradient_checkpointing:
         # transformers 5.24 renamed it (the old name warns on every rank); older 5.x has only the old one.
         if hasattr(model, "activation_checkpointing_enable"):
@@ -75,40 +79,32 @@ def wrap_lora(model, cfg: ModelConfig):
     return model
 
 
-@contextmanager
-def _zero3_init_off():
-    """Under ZeRO-3, transformers builds every model partitioned across ranks, a collective. The merge
-    runs on rank 0 alone, so it must load the base as a plain model."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers has set/unset for it, but no getter
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
-
-
 def save_final_model(model, tokenizer, cfg: ModelConfig, out: Path, state_dict: dict, base_checkpoint: str,
-                     weights_dtype: torch.dtype) -> list[Path]:
+                     save_dtype: torch.dtype) -> list[Path]:
     """save_pretrained (safetensors) from a full state dict (`Accelerator.get_state_dict`, which gathers
-    ZeRO-3 partitions); for LoRA the adapter, and on request a merged model built from the saved adapter
-    on a freshly loaded base, which is the same under every sharding strategy. Returns the dirs written."""
+    ZeRO-3 partitions): a full model in `save_dtype`; for LoRA the fp32 adapter and, on request, the
+    merged model built shard by shard from the saved adapter and the base's files, which is the same under
+    every sharding strategy and never holds a second copy of the model. Returns the dirs written."""
     written = [out]
+    if cfg.finetune == "full":
+        state_dict = {k: v.to(save_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    if cfg.finetune == "full":
+        set_saved_dtype(out, save_dtype)
     tokenizer.save_pretrained(out)
     if cfg.finetune == "lora" and cfg.merge_lora_on_save:
-        from peft import PeftModel
-
         merged_dir = out.parent / f"{out.name}-merged"
-        with _zero3_init_off():
-            base = AutoModelForCausalLM.from_pretrained(base_checkpoint, revision=cfg.revision, dtype=weights_dtype,
-                                                        trust_remote_code=cfg.trust_remote_code)
-        merged = PeftModel.from_pretrained(base, out).merge_and_unload()
-        merged.save_pretrained(merged_dir, safe_serialization=True)
+        merge_lora_shards(local_model_dir(base_checkpoint, cfg.revision), out, merged_dir, save_dtype)
         tokenizer.save_pretrained(merged_dir)
         written.append(merged_dir)
     return written
+
+
+def resolve_save_dtype(setting: str, mixed_precision: str) -> torch.dtype:
+    """train.save_dtype: auto follows the precision the run computed in ("bf16" or "no")."""
+    if setting == "auto":
+        setting = "bf16" if mixed_precision == "bf16" else "fp32"
+    return torch.bfloat16 if setting == "bf16" else torch.float32
 
 
 def numel(p: torch.Tensor) -> int:

@@ -16,6 +16,8 @@ from bonsai.data.records import CATEGORIES, LANGUAGES
 from bonsai.data.packing import Batch, additive_mask, block_causal_mask
 from bonsai.data.records import Record
 from bonsai.data.template import IGNORE_INDEX
+from bonsai.model.attention import needs_dense_mask
+from bonsai.model.loss_head import find_loss_head
 
 
 @dataclass
@@ -25,28 +27,32 @@ class MicroBatchLoss:
     record_tokens: torch.Tensor  # (num_records,)
 
 
-def _attention_mask(model, batch: Batch) -> torch.Tensor:
+def _attention_mask(model, batch: Batch) -> torch.Tensor | None:
+    """The dense block mask where the attention needs one; None where it isolates documents by position_ids
+    (a 2-D all-ones mask there would silently let documents see each other)."""
+    implementation = model.config._attn_implementation
+    if not needs_dense_mask(implementation):
+        return None
     allowed = block_causal_mask(batch.doc_index)
-    if model.config._attn_implementation == "sdpa":
+    if implementation == "sdpa":
         return allowed
     return additive_mask(allowed, next(model.parameters()).dtype)
 
 
 def forward_loss(model, batch: Batch) -> MicroBatchLoss:
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=_attention_mask(_config_holder(model), batch),
-        position_ids=batch.position_ids,
-    ).logits
+    inputs = dict(input_ids=batch.input_ids, attention_mask=_attention_mask(_config_holder(model), batch),
+                  position_ids=batch.position_ids, use_cache=False)
     # Token t predicts token t+1. The first token of every document is prompt (never a target),
     # so a prediction never crosses from one packed document into the next.
     targets = batch.labels[:, 1:]
-    token_loss = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
+    head = find_loss_head(model)
+    if head is not None:
+        with head.scoring(targets):
+            token_loss = model(**inputs).logits.reshape(-1)  # the head returned token losses
+    else:
+        logits = model(**inputs).logits
+        token_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                     ignore_index=IGNORE_INDEX, reduction="none")
     counted = targets.reshape(-1) != IGNORE_INDEX
     owner = batch.doc_index[:, 1:].reshape(-1).clamp(min=0)
     n = len(batch.records)

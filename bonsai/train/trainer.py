@@ -28,11 +28,13 @@ from bonsai.train.lock import RunLock
 from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
 from bonsai.train.deepspeed import fill_deepspeed_config
-from bonsai.train.distributed import Dist, is_peer_failure, launcher_world_size, setup_distributed
+from bonsai.train.distributed import Dist, is_peer_failure, launcher_world_size, set_cpu_threads, setup_distributed
 from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
-from bonsai.model.loading import count_parameters, load_model, load_tokenizer, numel, save_final_model
+from bonsai.model.attention import describe_attention
+from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, numel, resolve_save_dtype,
+                                  save_final_model)
 from bonsai.model.source import resolve_checkpoint
 from bonsai.observe.monitor import Event, strongest_action
 from bonsai.data.packing import Row
@@ -61,8 +63,10 @@ def train(cfg: BonsaiConfig) -> int:
     """Returns the process exit code: 0 done; `preempted_exit_code()` stopped by a signal after checkpointing."""
     started = time.perf_counter()
     accumulation = cfg.check_world_size(launcher_world_size())
+    threads = set_cpu_threads(cfg.distributed.threads_per_process)
     dist = setup_distributed(cfg, accumulation)
     trainer = Trainer(cfg, dist, accumulation)
+    trainer.say(threads)
     try:
         code = trainer.setup()
         if code is None:
@@ -181,7 +185,8 @@ class Trainer:
         if cfg.model.finetune == "lora" and dist.accelerator.mixed_precision == "bf16":
             self.weights_dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
         set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
-        model = load_model(self.model_source, cfg.model, self.weights_dtype)
+        model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type)
+        self.say(describe_attention(model.config._attn_implementation, cfg.model.loss_chunk_tokens))
         total, trainable = count_parameters(model)
         self.say(f"model: {self.model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
                  f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation "
@@ -327,7 +332,10 @@ class Trainer:
 
         saved = save_checkpoint(dist, self.run_dir, self.state, self.cfg, self.cfg.train.keep_checkpoints,
                                 write_rank_files)
-        self.stop.note_checkpoint(time.perf_counter() - begun)
+        seconds = time.perf_counter() - begun
+        self.stop.note_checkpoint(seconds)
+        # The SLURM grace period must cover one step plus one checkpoint: say what a checkpoint costs.
+        self.say(f"checkpoint {saved.name} written in {seconds:.1f} s")
         return saved
 
     # --- the end ----------------------------------------------------------------------------------
@@ -340,9 +348,11 @@ class Trainer:
         self.checkpoint()
         model_dir = self.run.model
         unwrapped = dist.accelerator.unwrap_model(self.model)
-        state_dict = dist.accelerator.get_state_dict(self.model)  # a collective under ZeRO-3: every rank gathers
+        state_dict = final_state_dict(dist, self.model, self.cfg.model.finetune)  # a collective under ZeRO-3
         written = save_final_model(unwrapped, self.tokenizer, self.cfg.model, model_dir, state_dict,
-                                   self.model_source, self.weights_dtype) if dist.is_main else []
+                                   self.model_source, resolve_save_dtype(self.cfg.train.save_dtype,
+                                                                         dist.accelerator.mixed_precision)
+                                   ) if dist.is_main else []
         dist.barrier()
         summary = {"steps": state.step, "wall_time_s": round(time.perf_counter() - started, 2),
                    **self.callbacks.summary(), "tokens_seen": state.tokens_seen,
@@ -428,6 +438,19 @@ def build_optimizer(model, cfg: BonsaiConfig) -> tuple[torch.optim.Optimizer, st
     summary = (f"optimizer: AdamW, weight decay {cfg.train.weight_decay} on {len(decayed)} weight matrices "
                f"({sum(numel(p) for p in decayed):,} parameters), none on {len(kept)} biases and norms")
     return optimizer, summary
+
+
+def final_state_dict(dist: Dist, model, finetune: str) -> dict[str, torch.Tensor]:
+    """The weights the model dir needs, on rank 0. Full: Accelerate's consolidated state dict. LoRA: only the
+    trainable (adapter) tensors; under ZeRO-3 gathering the whole model instead would put a full copy of
+    the frozen base on rank 0 (11 GB for Phi-2 in fp32) just to keep its few MB of adapters."""
+    if finetune == "full" or dist.zero_stage != 3:
+        return dist.accelerator.get_state_dict(model)
+    import deepspeed
+
+    trainable = [(name, p) for name, p in dist.accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
+        return {name: p.detach().cpu().clone() for name, p in trainable} if dist.is_main else {}
 
 
 def build_loggers(cfg: BonsaiConfig, run: RunDir, state: TrainerState, say) -> FanOut:

@@ -1,0 +1,123 @@
+"""Which attention runs, and how packed rows keep their documents apart.
+
+A packed row holds several documents; each must attend only to itself. Two ways exist:
+- a dense (B, 1, L, L) block-causal mask (`sdpa`, `eager`): always correct, but every row pays L² and
+  sdpa cannot take its flash kernel;
+- position_ids that restart at 0 for each document and no mask at all (`sdpa_varlen`, `flex_attention`,
+  `flash_attention_2`): the attention finds the documents itself and pays Σ doc² instead of L².
+
+`sdpa_varlen` is Bonsai's own and runs anywhere: scaled_dot_product_attention with `is_causal` on each
+document's slice (FlexAttention has no backward on CPU in torch 2.13, flash-attn is CUDA-only). Its
+documents are found from position_ids exactly as transformers finds them for the other two (a new
+document wherever a position is not its predecessor + 1), so the three agree.
+
+The mask-free paths rely on two things the caller must keep: no 2-D attention_mask (an all-ones one
+silently disables transformers' packing detection), and no KV cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from bonsai.config import ConfigError
+
+VARLEN = "sdpa_varlen"
+DENSE_MASK = frozenset({"sdpa", "eager"})
+"""Implementations that need Bonsai's block-causal mask to isolate packed documents."""
+
+
+def document_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """(B, L) position ids -> per row, the [start, end) of each document: one starts wherever a position
+    does not follow its predecessor (transformers' `find_packed_sequence_indices` rule)."""
+    first = position_ids[:, :1] - 1
+    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
+    length = position_ids.shape[1]
+    bounds = []
+    for row in starts.tolist():
+        begins = [i for i, s in enumerate(row) if s] or [0]
+        if begins[0] != 0:
+            begins.insert(0, 0)
+        bounds.append(list(zip(begins, begins[1:] + [length])))
+    return bounds
+
+
+_last_bounds: tuple = (None, -1, None)  # (position_ids tensor, its version, its bounds)
+
+
+def _cached_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Every layer of one forward gets the same position_ids tensor: find the documents once (on a GPU
+    that is a host sync), not once per layer."""
+    global _last_bounds
+    tensor, version, bounds = _last_bounds
+    if tensor is not position_ids or version != position_ids._version:
+        bounds = document_bounds(position_ids)
+        _last_bounds = (position_ids, position_ids._version, bounds)
+    return bounds
+
+
+def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                        position_ids=None, **kwargs):
+    """transformers' attention-function signature; query/key/value are (B, heads, L, head_dim)."""
+    if attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
+        # Generation (a padding mask, or one new query against a cache): nothing is packed there.
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    every_row = _cached_bounds(position_ids)
+    if len(every_row) != query.shape[0]:  # one row of positions shared by the batch
+        every_row = every_row * query.shape[0]
+    rows = []
+    for b, bounds in enumerate(every_row):
+        pieces = [
+            F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
+                                           dropout_p=dropout, scale=scaling, is_causal=True)
+            for s, e in bounds
+        ]
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _varlen_mask(*args, attention_mask=None, q_offset=0, kv_offset=0, q_length=None, kv_length=None, **kwargs):
+    """No mask for a packed training forward (the attention reads position_ids); generation gets sdpa's."""
+    if attention_mask is None and q_offset == 0 and kv_offset == 0 and q_length == kv_length:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, q_offset=q_offset, kv_offset=kv_offset,
+                     q_length=q_length, kv_length=kv_length, **kwargs)
+
+
+AttentionInterface.register(VARLEN, sdpa_varlen_forward)
+ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, _varlen_mask)
+
+
+def resolve_attention(requested: str, device_type: str) -> str:
+    """`auto`: flash_attention_2 on CUDA when flash-attn is installed, else sdpa_varlen. An explicit
+    choice that cannot train here is refused before the model loads."""
+    has_flash = device_type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if has_flash else VARLEN
+    if requested == "flash_attention_2" and not has_flash:
+        raise ConfigError("model.attn_implementation flash_attention_2 needs CUDA and the flash-attn package; "
+                         "use auto (sdpa_varlen here)")
+    if requested == "flex_attention" and device_type != "cuda":
+        raise ConfigError("model.attn_implementation flex_attention has no backward on CPU in this torch; "
+                         "use auto (sdpa_varlen) or sdpa")
+    return requested
+
+
+def needs_dense_mask(implementation: str) -> bool:
+    return implementation in DENSE_MASK
+
+
+def describe_attention(implementation: str, loss_chunk_tokens: int) -> str:
+    """The start-up line that says how packed documents are kept apart and how the loss is taken."""
+    how = "a dense block mask per row" if needs_dense_mask(implementation) else "position_ids, no mask"
+    loss = f"logits {loss_chunk_tokens} positions at a time" if loss_chunk_tokens else "whole-row logits"
+    return f"attention: {implementation} (documents isolated by {how}); loss: {loss}"
