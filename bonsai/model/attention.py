@@ -18,6 +18,7 @@ silently disables transformers' packing detection), and no KV cache.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,23 +48,59 @@ def document_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return bounds
 
 
-_last_bounds: tuple = (None, -1, None)  # (position_ids tensor, its version, its bounds)
+@dataclass(frozen=True)
+class _Bucket:
+    """Documents of similar length, gathered into one (N, longest) batch: `index` holds each one's token
+    positions in the flattened (B * L) row, padded at the end by repeating its first position."""
+
+    index: torch.Tensor  # (N, longest)
+    valid: torch.Tensor  # (N, longest), False on the end padding
 
 
-def _cached_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+def document_buckets(position_ids: torch.Tensor, batch: int) -> tuple[list[_Bucket], torch.Tensor]:
+    """The documents of every row, bucketed by the power of two above their length (a handful of sdpa
+    calls per layer instead of one per document, at most 4x the attention of exact lengths), and the
+    permutation that puts the buckets' outputs back in row order."""
+    bounds = document_bounds(position_ids)
+    if len(bounds) != batch:  # one row of positions shared by the batch
+        bounds = bounds * batch
+    length = position_ids.shape[1]
+    by_size: dict[int, list[tuple[int, int]]] = {}
+    for b, row in enumerate(bounds):
+        for s, e in row:
+            by_size.setdefault(max(e - s - 1, 0).bit_length(), []).append((b * length + s, e - s))
+    buckets, order = [], []
+    device = position_ids.device
+    for docs in by_size.values():
+        starts = torch.tensor([s for s, _ in docs], device=device)
+        sizes = torch.tensor([n for _, n in docs], device=device)
+        steps = torch.arange(int(sizes.max()), device=device)
+        valid = steps[None, :] < sizes[:, None]
+        index = torch.where(valid, starts[:, None] + steps[None, :], starts[:, None])
+        buckets.append(_Bucket(index, valid))
+        order.append(index[valid])
+    return buckets, torch.argsort(torch.cat(order))
+
+
+_last: tuple = (None, -1, 0, None)  # (position_ids tensor, its version, batch, its buckets)
+
+
+def _cached_buckets(position_ids: torch.Tensor, batch: int):
     """Every layer of one forward gets the same position_ids tensor: find the documents once (on a GPU
     that is a host sync), not once per layer."""
-    global _last_bounds
-    tensor, version, bounds = _last_bounds
-    if tensor is not position_ids or version != position_ids._version:
-        bounds = document_bounds(position_ids)
-        _last_bounds = (position_ids, position_ids._version, bounds)
-    return bounds
+    global _last
+    tensor, version, size, buckets = _last
+    if tensor is not position_ids or version != position_ids._version or size != batch:
+        buckets = document_buckets(position_ids, batch)
+        _last = (position_ids, position_ids._version, batch, buckets)
+    return buckets
 
 
 def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                         position_ids=None, **kwargs):
-    """transformers' attention-function signature; query/key/value are (B, heads, L, head_dim)."""
+    """transformers' attention-function signature; query/key/value are (B, heads, L, head_dim), the
+    result (B, L, heads, head_dim). Each bucket's documents run as one causal sdpa batch: padding sits at
+    the end of each document, so causality alone keeps every real query off it."""
     if attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
         # Generation (a padding mask, or one new query against a cache): nothing is packed there.
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -71,18 +108,15 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, 
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    every_row = _cached_bounds(position_ids)
-    if len(every_row) != query.shape[0]:  # one row of positions shared by the batch
-        every_row = every_row * query.shape[0]
-    rows = []
-    for b, bounds in enumerate(every_row):
-        pieces = [
-            F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                           dropout_p=dropout, scale=scaling, is_causal=True)
-            for s, e in bounds
-        ]
-        rows.append(torch.cat(pieces, dim=2))
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+    batch, heads, length, dim = query.shape
+    flat = [t.transpose(1, 2).reshape(batch * length, heads, dim) for t in (query, key, value)]
+    buckets, order = _cached_buckets(position_ids, batch)
+    outputs = []
+    for bucket in buckets:
+        q, k, v = (t[bucket.index].transpose(1, 2) for t in flat)  # (N, heads, longest, dim)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        outputs.append(out.transpose(1, 2)[bucket.valid])  # (tokens, heads, dim)
+    return torch.cat(outputs)[order].reshape(batch, length, heads, dim), None
 
 
 def _varlen_mask(*args, attention_mask=None, q_offset=0, kv_offset=0, q_length=None, kv_length=None, **kwargs):

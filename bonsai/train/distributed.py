@@ -104,15 +104,16 @@ class Dist:
 
 def set_cpu_threads(requested: int | None) -> str:
     """Each process takes its share of the cores, so N processes x T threads never oversubscribe them.
-    accelerate and torchrun export OMP_NUM_THREADS=1 for every multi-process launch (and accelerate for
-    one process too), which on a CPU box leaves all but one core per process idle; so under a launcher
-    only `distributed.threads_per_process` overrides the share. A bare `bonsai train` keeps a user's
+    accelerate exports OMP_NUM_THREADS=1 for every launch (one process or many; torchrun does for many),
+    which on a CPU box leaves all but one core per process idle; so under a launcher only
+    `distributed.threads_per_process` overrides the share. A bare `bonsai train` keeps a user's
     OMP_NUM_THREADS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    launched = "LOCAL_WORLD_SIZE" in os.environ or "ACCELERATE_USE_CPU" in os.environ
     if requested is not None:
         threads, why = requested, "distributed.threads_per_process"
-    elif "LOCAL_WORLD_SIZE" not in os.environ and "OMP_NUM_THREADS" in os.environ:
+    elif not launched and "OMP_NUM_THREADS" in os.environ:
         threads, why = torch.get_num_threads(), "OMP_NUM_THREADS"
     else:
         threads, why = max(1, cores // local), f"{cores} core(s) / {local} process(es) on this node"
