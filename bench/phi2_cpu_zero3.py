@@ -1,13 +1,13 @@
 """Phi-2 at its real size on this CPU: LoRA under ZeRO-3 over 2 processes trains, checkpoints, resumes
 exactly, exports and merges.
 
-    .venv/bin/python bench/phi2_cpu_zero3.py [--work DIR] [--steps 3] [--length 64]
+    .venv/bin/python bench/phi2_cpu_zero3.py [--work DIR] [--steps 3] [--length 128]
 
 The model is random-init with Phi-2's exact configuration (hidden 2560, 32 layers, 32 heads, intermediate
 10240, partial rotary 0.4, vocabulary 51,200; 2.78 B parameters), fp32 (bf16 is 6-16x slower on this
 CPU), saved in 2 GB safetensors shards as on the hub, and trained through the shipped launch file
 `launch/zero3.yaml` and `configs/phi2_lora.yaml` with only the model path, row length, batch and steps
-changed. Figures: per-rank peak RSS (sampled every 0.5 s) against the prediction printed first, seconds
+changed, and DeepSpeed's live-parameter limit lowered to 2e8 (see `cpu_launch_file`). Figures: per-rank peak RSS (sampled every 0.5 s) against the prediction printed first, seconds
 per step, seconds per checkpoint (Bonsai's own log line), the resumed step's loss against the
 uninterrupted one, and the export's and merge's time and peak RSS.
 """
@@ -97,9 +97,22 @@ def run(command: list[str], log: Path) -> tuple[float, dict, str]:
     return time.perf_counter() - started, peaks, text
 
 
+def cpu_launch_file(work: Path) -> Path:
+    """launch/zero3.yaml and its ds_configs/zero3.json, with one change this machine forces: at most 2e8
+    gathered parameters live per rank (DeepSpeed's default, 1e9, is 4 GB per rank in fp32; two ranks of
+    Phi-2 then exceed 24 GiB). Everything else as shipped."""
+    ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    ds["zero_optimization"].update(stage3_max_live_parameters=int(2e8), stage3_prefetch_bucket_size=int(5e7))
+    (work / "zero3_cpu.json").write_text(json.dumps(ds, indent=2))
+    launch = yaml.safe_load((ROOT / "launch" / "zero3.yaml").read_text())
+    launch["deepspeed_config"]["deepspeed_config_file"] = str(work / "zero3_cpu.json")
+    (work / "zero3_cpu.yaml").write_text(yaml.safe_dump(launch))
+    return work / "zero3_cpu.yaml"
+
+
 def train(config: Path, log: Path) -> tuple[float, dict, str]:
     port = str(20000 + int(time.time()) % 20000)
-    return run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch/zero3.yaml"),
+    return run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cpu_launch_file(config.parent)),
                 "--num_processes", "2", "--main_process_port", port, "-m", "bonsai.cli", "train", str(config)], log)
 
 
@@ -113,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, help="where the 11 GB base and the run go (default: a temp dir)")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--length", type=int, default=128)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bonsai-phi2-"))
     work.mkdir(parents=True, exist_ok=True)
