@@ -50,11 +50,12 @@ def _packed_rows(tokenizer, length: int, rows: int):
     from bonsai.data.records import Where, validate_record
     from bonsai.data.stream import StreamPosition
     from bonsai.data.template import encode_record
+    from bonsai.io import iter_jsonl
 
     docs = []
     for path in sorted((ROOT / "data" / "sample").glob("*.jsonl")):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            record = validate_record(json.loads(line), Where(str(path), n))
+        for n, raw in iter_jsonl(path):
+            record = validate_record(raw, Where(str(path), n))
             docs.append(Document(record, encode_record(tokenizer, record), Where(str(path), n),
                                  StreamPosition(0, len(docs))))
     packed = list(pack_best_fit(docs * 8, length, window=len(docs) * 8))[:rows]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import yaml
+from common import step_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,7 +90,7 @@ def run(command: list[str], log: Path) -> tuple[float, dict, str]:
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**__import__("os").environ, "WANDB_MODE": "disabled"})
+                                env={**os.environ, "WANDB_MODE": "disabled"})
         sampler = PeakRss(psutil.Process(proc.pid))
         code = proc.wait(timeout=5400)
     peaks, text = sampler.stop(), log.read_text()
@@ -114,12 +116,6 @@ def train(config: Path, log: Path) -> tuple[float, dict, str]:
     port = str(20000 + int(time.time()) % 20000)
     return run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cpu_launch_file(config.parent)),
                 "--num_processes", "2", "--main_process_port", port, "-m", "bonsai.cli", "train", str(config)], log)
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    from bonsai.observe.metrics import read_metrics
-
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
 
 def main() -> None:
@@ -155,11 +151,10 @@ def main() -> None:
     config.write_text(yaml.safe_dump(cfg))
 
     wall, peaks, text = train(config, work / "train.log")
-    times = {r["step"]: r["time"] for r in __import__("bonsai.observe.metrics", fromlist=["x"]).read_metrics(run_dir)
-             if "loss" in r}
-    per_step = (times[args.steps] - times[1]) / (args.steps - 1) if args.steps > 1 else float("nan")
+    rows = step_rows(run_dir)
+    per_step = (rows[args.steps]["time"] - rows[1]["time"]) / (args.steps - 1) if args.steps > 1 else float("nan")
     checkpoints = [line for line in text.splitlines() if " written in " in line]
-    reference = step_losses(run_dir)
+    reference = {step: row["loss"] for step, row in rows.items()}
     print(f"train {args.steps} steps: {wall:.0f} s wall, {per_step:.1f} s/step, peak RSS per rank {peaks} GiB; "
           f"{'; '.join(checkpoints)}", flush=True)
 
@@ -170,7 +165,7 @@ def main() -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     (run_dir / "summary.json").unlink()
     wall, resumed_peaks, _ = train(config, work / "resume.log")
-    resumed = step_losses(run_dir)
+    resumed = {step: row["loss"] for step, row in step_rows(run_dir).items()}
     exact = resumed[args.steps] == reference[args.steps]
     print(f"resume from step {args.steps - 1}: {wall:.0f} s wall, step {args.steps} loss {resumed[args.steps]!r} "
           f"vs uninterrupted {reference[args.steps]!r} ({'bit-exact' if exact else 'DIFFERENT'}), "

@@ -63,8 +63,8 @@ class ModelConfig(_Section):
     """auto: flash_attention_2 on CUDA with flash-attn installed, else sdpa_varlen (per-document sdpa). Those and
     flex_attention isolate packed documents without a mask; sdpa and eager use a dense (L x L) block mask."""
     loss_chunk_tokens: int = Field(256, ge=0)
-    """Positions scored per chunk of the loss: logits exist for one chunk at a time (recomputed in backward).
-    0 computes the whole row's logits at once."""
+    """Positions scored per chunk of the loss: logits exist for one chunk at a time (their gradients are
+    taken in forward, nothing is recomputed). 0 computes the whole row's logits at once."""
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     cache_dir: str = ".cache/bonsai"

@@ -6,8 +6,9 @@ A packed row holds several documents; each must attend only to itself. Two ways 
 - position_ids that restart at 0 for each document and no mask at all (`sdpa_varlen`, `flex_attention`,
   `flash_attention_2`): the attention finds the documents itself and pays Σ doc² instead of L².
 
-`sdpa_varlen` is Bonsai's own and runs anywhere: scaled_dot_product_attention with `is_causal` on each
-document's slice (FlexAttention has no backward on CPU in torch 2.13, flash-attn is CUDA-only). Its
+`sdpa_varlen` is Bonsai's own and runs anywhere: scaled_dot_product_attention with `is_causal` over the
+documents, those of similar length gathered into one batch (FlexAttention has no backward on CPU in torch
+2.13, flash-attn is CUDA-only). Its
 documents are found from position_ids exactly as transformers finds them for the other two (a new
 document wherever a position is not its predecessor + 1), so the three agree.
 
