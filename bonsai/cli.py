@@ -157,7 +157,7 @@ def _train(args) -> int:
     from bonsai.data.records import BadRecord
     from bonsai.data.stream import DataSourceError
     from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, ModelSourceError,
-                               RunDirLocked, TrainingUnstable, WorldSizeMismatch)
+                               RunDirLocked, TrainingUnstable, WorldSizeMismatch, error_line)
     from bonsai.train.distributed import launcher_world_size
 
     user_errors = {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
@@ -178,8 +178,8 @@ def _train(args) -> int:
 
             traceback.print_exc()
         code = next(code for kind, code in user_errors.items() if isinstance(err, kind))
-        what = {3: "training stopped", 4: "error"}.get(code, "error")
-        print(f"bonsai: {what}: {err}", file=sys.stderr, flush=True)
+        if not getattr(err, "reported", False):
+            print(error_line(err, "training stopped" if code == 3 else "error"), file=sys.stderr, flush=True)
         return code
     except KeyboardInterrupt:
         print("bonsai: aborted by a second Ctrl-C: the steps since the last complete checkpoint are lost",

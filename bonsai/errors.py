@@ -1,6 +1,8 @@
 """What training can fail with, in one place: the CLI catches these without importing the trainer,
 and turns each into one line and an exit code (see `bonsai.cli`)."""
 
+import sys
+
 
 class DataError(ValueError):
     """Bad records under `data.on_bad_record: error`; the message lists file, line and field."""
@@ -32,3 +34,14 @@ class CheckpointWriteError(RuntimeError):
 
 class ModelSourceError(RuntimeError):
     """model.name_or_path cannot be loaded (no such directory, no network for a hub id)."""
+
+
+def error_line(err: BaseException, what: str = "error") -> str:
+    return f"bonsai: {what}: {err}"
+
+
+def report_now(err: BaseException) -> None:
+    """Print the error's line at once, for a process that may be killed before the CLI prints it; the
+    CLI then does not print it again."""
+    print(error_line(err), file=sys.stderr, flush=True)
+    err.reported = True

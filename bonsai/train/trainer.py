@@ -29,7 +29,7 @@ from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, sav
 from bonsai.data.dataset import RankData, describe_bad_records
 from bonsai.train.deepspeed import fill_deepspeed_config
 from bonsai.train.distributed import Dist, is_peer_failure, launcher_world_size, set_cpu_threads, setup_distributed
-from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable
+from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable, report_now
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.attention import describe_attention
@@ -77,6 +77,9 @@ def train(cfg: BonsaiConfig) -> int:
         explained = trainer.explain_failure(err)
         if explained is err:
             raise
+        # Said now, not after the loggers close: the launcher kills this rank as soon as it sees the
+        # dead peer, and once close() has restored the default SIGTERM handler that ends it unheard.
+        report_now(explained)
         raise explained from err
     finally:
         trainer.close()
