@@ -337,7 +337,9 @@ def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
 # What may differ from the checkpoint's config when a run resumes: how long it goes, how it is watched,
 # logged and checkpointed. Anything else (lr, batch, data, model, precision, ...) would either be
 # silently overridden by the saved optimizer and scheduler state or make the run two different runs.
-MAY_CHANGE_ON_RESUME = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+# The micro-batch may change: the checkpoint's global batch is kept (bonsai.train.resize).
+MAY_CHANGE_ON_RESUME = ("train.max_steps", "train.micro_batch_size", "train.checkpoint_every",
+                        "train.keep_checkpoints", "train.log_every",
                         "eval.", "logging.", "distributed.", "monitor.", "model.cache_dir")
 
 

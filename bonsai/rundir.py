@@ -70,6 +70,14 @@ class RunDir:
         return self.root / "model"
 
     @property
+    def data_log_dir(self) -> Path:
+        return self.root / "data_log"
+
+    def data_log(self, rank: int) -> Path:
+        """Which records each step trained on this rank (bonsai.train.callbacks.DataLogCallback)."""
+        return self.data_log_dir / f"rank{rank}.jsonl"
+
+    @property
     def record_stats_dir(self) -> Path:
         return self.root / "record_stats"
 

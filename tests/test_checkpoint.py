@@ -1,4 +1,4 @@
-"""Checkpoints: a crash mid-save leaves the previous one whole; keep-last-K; world size must match."""
+"""Checkpoints: a crash mid-save leaves the previous one whole; keep-last-K; which layouts may resume one."""
 
 import json
 
@@ -11,6 +11,7 @@ from bonsai.train.checkpoint import (TMP_PREFIX, TrainerState, checkpoints_dir, 
                                list_checkpoints, load_checkpoint, save_checkpoint)
 from bonsai.config import config_from_dict
 from bonsai.train.distributed import Dist
+from bonsai.train.resize import resume_accumulation
 from conftest import base_config
 
 
@@ -66,13 +67,27 @@ def test_keeps_the_last_k(tmp_path, dist):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
 
 
-def test_resuming_with_another_world_size_is_refused(tmp_path, dist):
+def _saved(world_size, zero_stage, global_batch=8):
+    return TrainerState(step=3, world_size=world_size, zero_stage=zero_stage, global_batch=global_batch)
+
+
+def test_another_world_size_keeps_the_global_batch_under_ddp(tmp_path):
+    cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))  # micro-batch 4
+    assert resume_accumulation(_saved(2, 0), tmp_path, cfg, 1, 0, 1) == (
+        2, "resuming a 2-process checkpoint on 1: global batch 8 kept (1 x micro-batch 4 x accumulation 2)")
+    assert resume_accumulation(_saved(2, 0), tmp_path, cfg, 2, 0, 1) == (1, None)
+
+
+def test_a_layout_that_cannot_resume_is_refused_with_the_options(tmp_path):
     cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))
-    _setup(dist)
-    path = save_checkpoint(dist, tmp_path, TrainerState(step=3, world_size=1, data_positions=[{"epoch": 0, "taken": 1}]),
-                           cfg, keep=1)
-    state = json.loads((path / "trainer_state.json").read_text())
-    state["world_size"] = 2
-    (path / "trainer_state.json").write_text(json.dumps(state))
-    with pytest.raises(CheckpointMismatch, match="written by 2 process.*this run has 1.*Relaunch with 2"):
-        load_checkpoint(dist, path)
+    with pytest.raises(CheckpointMismatch, match=r"global batch of 8.*3 process.*Launch 1, 2 process\(es\)$"):
+        resume_accumulation(_saved(2, 0), tmp_path, cfg, 3, 0, 1)
+    with pytest.raises(CheckpointMismatch, match="global batch of 12.*Launch 1, 3 process.*micro_batch_size to one of "
+                                                 "1, 2, 3, 6 for 2"):
+        resume_accumulation(_saved(3, 0, 12), tmp_path, cfg, 2, 0, 1)
+    with pytest.raises(CheckpointMismatch, match="ZeRO-3 partitions for 2 process.*this run has 1.*Relaunch with 2"):
+        resume_accumulation(_saved(2, 3), tmp_path, cfg, 1, 3, 1)
+    with pytest.raises(CheckpointMismatch, match="written under DeepSpeed ZeRO-3, this run uses DDP"):
+        resume_accumulation(_saved(2, 3), tmp_path, cfg, 2, 0, 1)
+    with pytest.raises(CheckpointMismatch, match="written before Bonsai could resize.*Relaunch with 2"):
+        resume_accumulation(_saved(2, None, 0), tmp_path, cfg, 1, 0, 1)

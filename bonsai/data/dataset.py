@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bonsai.config import DataConfig
+from bonsai.data.elastic import EpochLayout
 from bonsai.data.packing import Document, Row, one_document_per_row, pack_best_fit, pack_documents
 from bonsai.data.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.data.records import Where
@@ -42,6 +43,7 @@ class RankData:
         self.shards = list_shards(cfg.path)
         verify_manifest(cfg.path, self.shards)
         self.skipped = 0
+        self.layouts: dict[int, EpochLayout] = {}  # what remains of the train epochs after a resize
 
     def _prepare(self, position: StreamPosition, where, payload) -> tuple[Split, Document]:
         record = validate_record(parse_payload(payload, where, self.cfg.max_record_bytes), where)
@@ -56,21 +58,23 @@ class RankData:
         split: Split = "eval" if in_eval_split(record.id, self.cfg.eval_fraction) else "train"
         return split, Document(record, encoded, where, position)
 
-    def _items(self, start: StreamPosition, epochs: int | None, shuffle: bool):
-        window = self.cfg.shuffle_window if shuffle else 1
+    def _items(self, start: StreamPosition, epochs: int | None, train: bool):
+        """The train split's stream (shuffled, minus what a resize found done) or the whole data in file
+        order (the eval split, the scan)."""
         return rank_items(
             self.shards,
             seed=self.seed,
-            window=window,
+            window=self.cfg.shuffle_window if train else 1,
             rank=self.rank,
             world_size=self.world_size,
             start=start,
             epochs=epochs,
+            layouts=self.layouts if train else None,
         )
 
     def scan(self) -> ScanReport:
         report = ScanReport()
-        for position, where, payload in self._items(StreamPosition(), epochs=1, shuffle=False):
+        for position, where, payload in self._items(StreamPosition(), epochs=1, train=False):
             try:
                 split, doc = self._prepare(position, where, payload)
             except BadRecord as bad:
@@ -86,7 +90,7 @@ class RankData:
     def documents(self, split: Split, start: StreamPosition, epochs: int | None) -> Iterator[Document]:
         """Train: shuffled, epoch after epoch. Eval: file order. Bad records were reported by `scan`;
         here they are skipped under `skip` and raise under `error` (the data changed since the scan)."""
-        for position, where, payload in self._items(start, epochs, shuffle=split == "train"):
+        for position, where, payload in self._items(start, epochs, train=split == "train"):
             try:
                 doc_split, doc = self._prepare(position, where, payload)
             except BadRecord:

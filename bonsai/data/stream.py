@@ -13,11 +13,12 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import fsspec
 
+from bonsai.data.elastic import FULL_EPOCH, EpochLayout
 from bonsai.data.records import BadRecord, Where, parse_json_line
 
 SHARD_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -37,16 +38,20 @@ class StreamPosition:
     epoch: int = 0
     taken: int = 0
     packed_rows: int = 0
+    window_done: tuple[tuple[int, int], ...] = ()
+    """(epoch, taken) of the documents in those rows: what a resume on another world size must not repeat."""
 
     def next(self) -> StreamPosition:
         return StreamPosition(self.epoch, self.taken + 1)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "taken": self.taken, "packed_rows": self.packed_rows}
+        return {"epoch": self.epoch, "taken": self.taken, "packed_rows": self.packed_rows,
+                "window_done": [list(d) for d in self.window_done]}
 
     @classmethod
     def from_dict(cls, d: dict) -> StreamPosition:
-        return cls(epoch=int(d["epoch"]), taken=int(d["taken"]), packed_rows=int(d.get("packed_rows", 0)))
+        return cls(epoch=int(d["epoch"]), taken=int(d["taken"]), packed_rows=int(d.get("packed_rows", 0)),
+                   window_done=tuple((int(e), int(k)) for e, k in d.get("window_done", ())))
 
 
 def list_shards(path: str) -> list[str]:
@@ -142,22 +147,31 @@ def epoch_items(shards: list[str], epoch: int, seed: int, window: int) -> Iterat
 
 
 def rank_items(
-    shards: list[str], *, seed: int, window: int, rank: int, world_size: int, start: StreamPosition, epochs: int | None
+    shards: list[str], *, seed: int, window: int, rank: int, world_size: int, start: StreamPosition, epochs: int | None,
+    layouts: Mapping[int, EpochLayout] | None = None,
 ) -> Iterator[tuple[StreamPosition, Where, RawLine | dict]]:
-    """This rank's items (every world_size-th of the epoch order), from `start`, for `epochs` epochs
-    (None: forever). Ranks never share an item, and together they cover the epoch."""
+    """This rank's items, from `start`, for `epochs` epochs (None: forever): of each epoch's items that
+    its layout leaves (all of them, unless a resume on another world size merged the ranks' positions;
+    see bonsai.data.elastic), every world_size-th. Ranks never share an item, and together they cover
+    what remains."""
     epoch = start.epoch
     skip = start.taken
+    layouts = layouts or {}
     while epochs is None or epoch < start.epoch + epochs:
-        taken, seen = 0, 0
+        layout = layouts.get(epoch, FULL_EPOCH)
+        partial = layout != FULL_EPOCH
+        taken, seen, dealt = 0, 0, 0
         for i, (where, payload) in enumerate(epoch_items(shards, epoch, seed, window)):
             seen = i + 1
-            if i % world_size != rank:
+            if partial and not layout.is_remaining(i):
+                continue
+            dealt += 1
+            if (dealt - 1) % world_size != rank:
                 continue
             if taken >= skip:
                 yield StreamPosition(epoch, taken), where, payload
             taken += 1
-        if taken == 0:
+        if taken == 0 and not partial:
             raise _no_records(shards, seen, rank, world_size)
         epoch, skip = epoch + 1, 0
 

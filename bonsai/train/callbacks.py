@@ -12,6 +12,7 @@ check `trainer.logger`, which exists on rank 0 alone.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import TYPE_CHECKING
 
 
 from bonsai.config import MonitorConfig
+from bonsai.io import write_text_atomic
 from bonsai.evaluate.generation import Probe, average_by_category, generate, generation_rows
 from bonsai.model.loss import breakdown_metrics, eval_loss_sums
 from bonsai.observe.monitor import Event, RecordLossTracker, SpikeDetector, batch_records
 from bonsai.train.step import StepStats, micro_batches_of
+from bonsai.data.packing import Row
 from bonsai.data.stream import StreamPosition
 from bonsai.observe.throughput import flops_per_token, memory_metrics, peak_flops_per_device, training_state_bytes
 
@@ -41,6 +44,7 @@ class StepOutcome:
     elapsed_s: float
     action: str | None  # None (applied) or "skip"
     events: list[Event] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # this rank's rows of the step
     metrics: dict[str, float] = field(default_factory=dict)  # the row logged for this step ({} when not logged)
 
 
@@ -111,6 +115,49 @@ class MonitorCallback(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.detector.load_state_dict(state["detector"])
         self.tracker.load_state_dict(state["records"])
+
+
+class DataLogCallback(Callback):
+    """RUN_DIR/data_log/rank<r>.jsonl: the ids of the records every step trained, per rank, so a loss
+    jump can be traced to its records and a resume (on any number of processes) checked for records
+    trained twice or never. Rows past the step a run resumes from belong to an attempt whose weights
+    were lost: they are dropped before the first new row, from this rank's file and, on rank 0, from
+    the files of ranks this world no longer has."""
+
+    name = "data_log"
+
+    def __init__(self):
+        self._opened = False
+
+    def post_step(self, outcome: StepOutcome) -> None:
+        run, dist = self.trainer.run, self.trainer.dist
+        path = run.data_log(dist.rank)
+        if not self._opened:
+            self._opened = True
+            stale = [path] + ([p for p in run.data_log_dir.glob("rank*.jsonl")
+                               if int(p.stem[4:]) >= dist.world_size] if dist.is_main else [])
+            for old in stale:
+                _drop_rows_from(old, outcome.step)
+        documents = [d for row in outcome.rows for d in row.documents]
+        row = {"step": outcome.step, "records": [d.record.id for d in documents],
+               "epochs": [d.position.epoch for d in documents], "skipped": outcome.action == "skip"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _drop_rows_from(path: Path, step: int) -> None:
+    """Keep the rows of steps before `step`; a line torn by a killed process is dropped with them."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] < step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(kept))
 
 
 class ThroughputCallback(Callback):

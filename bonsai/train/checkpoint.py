@@ -38,6 +38,9 @@ class TrainerState:
     target_tokens_seen: int = 0
     world_size: int = 1
     data_positions: list[dict] = field(default_factory=list)
+    data_layouts: dict[str, dict] = field(default_factory=dict)  # bonsai.data.elastic, per epoch
+    global_batch: int = 0  # rows per optimizer step, all ranks: kept when the world size changes
+    zero_stage: int | None = None  # 0: DDP or one process; None: written before Bonsai recorded it
     finished: bool = False
     rollbacks: int = 0
     skipped_steps: int = 0
@@ -167,19 +170,13 @@ def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, kee
     return final
 
 
-def check_resumable(path: Path, world_size: int) -> TrainerState:
-    """The checkpoint's trainer state, if this many processes can resume it (before any heavy work)."""
-    state = TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
-    if state.world_size != world_size:
-        raise CheckpointMismatch(
-            f"{path} was written by {state.world_size} process(es), this run has {world_size}: "
-            f"exact resume needs the same world size (each rank's data position is saved). "
-            f"Relaunch with {state.world_size} processes, or start a new output_dir."
-        )
-    return state
+def read_trainer_state(path: Path) -> TrainerState:
+    return TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
 
 
 def load_checkpoint(dist: Dist, path: Path) -> TrainerState:
-    state = check_resumable(path, dist.world_size)
+    """Accelerate's state and the trainer's; whether this layout can load it was checked at start-up
+    (bonsai.train.resize)."""
+    state = read_trainer_state(path)
     dist.accelerator.load_state(str(path))
     return state

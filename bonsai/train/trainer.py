@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +21,10 @@ import yaml
 from accelerate.utils import set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from bonsai.train.callbacks import (Callback, Callbacks, EvalCallback, MemoryCallback, MonitorCallback, ProbeCallback,
-                              StepOutcome, ThroughputCallback)
-from bonsai.train.checkpoint import (TrainerState, check_resumable, find_checkpoint, latest_checkpoint, load_checkpoint,
-                                     free_space_warning, save_checkpoint)
+from bonsai.train.callbacks import (Callback, Callbacks, DataLogCallback, EvalCallback, MemoryCallback, MonitorCallback,
+                                    ProbeCallback, StepOutcome, ThroughputCallback)
+from bonsai.train.checkpoint import (TrainerState, find_checkpoint, latest_checkpoint, load_checkpoint,
+                                     free_space_warning, read_trainer_state, save_checkpoint)
 from bonsai.train.lock import RunLock
 from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
@@ -43,6 +44,8 @@ from bonsai.train.step import StepStats, apply_update, compute_gradients, micro_
 from bonsai.io import write_json, write_jsonl
 from bonsai.rundir import RunDir
 from bonsai.data.stream import StreamPosition
+from bonsai.data.elastic import layouts_from_dict, windows_done_after
+from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
 from bonsai.observe.wandb_logger import resolve_mode
 
 CALLBACK_STATE = "callbacks_rank{rank}.json"  # in each checkpoint: every callback's state, per rank
@@ -57,6 +60,13 @@ class TrainRows:
 
     def take(self, n: int) -> list[Row]:
         return [next(self._rows) for _ in range(n)]
+
+    def advance(self, rows: list[Row]) -> None:
+        """The step that trained `rows` committed: resume after them, and remember which documents of an
+        unfinished packing window they held (a resume on another world size must not repeat them)."""
+        for row in rows:
+            done = windows_done_after(self.position, row.resume, [d.position for d in row.documents])
+            self.position = replace(row.resume, window_done=done)
 
 
 def train(cfg: BonsaiConfig) -> int:
@@ -122,6 +132,11 @@ class Trainer:
         if self.resume_from is not None:
             self._load(self.resume_from)
             self.say(f"resumed from {self.resume_from} at step {self.state.step}")
+        if self.resized_from is not None:
+            items = counts["train_records"] + counts["eval_records"] + counts["bad_records"]
+            self.state, said = merge_positions(self.state, dist.world_size, items)
+            self.say(said)
+        self.data.layouts = layouts_from_dict(self.state.data_layouts)
         if self.state.finished and self.state.step < cfg.train.max_steps:
             self.state.finished = False  # train.max_steps was raised: go on from the final checkpoint
         if self.state.finished:
@@ -152,9 +167,22 @@ class Trainer:
         if refusal:
             raise {"RunDirLocked": RunDirLocked, "ConfigError": ConfigError}[refusal[0]](refusal[1])
         self.resume_from = self._verified_checkpoint()
+        self.resized_from = None
         if self.resume_from is not None:
-            check_resumable(self.resume_from, self.dist.world_size)
             self._check_config_changes(self.resume_from)
+            self._check_layout(self.resume_from)
+
+    def _check_layout(self, checkpoint: Path) -> None:
+        """Whether this many processes, under this strategy, can resume `checkpoint`, and the accumulation
+        that keeps its global batch."""
+        dist, saved = self.dist, read_trainer_state(checkpoint)
+        accumulation, said = resume_accumulation(saved, checkpoint, self.cfg, dist.world_size, dist.zero_stage,
+                                                 self.accumulation)
+        if said:
+            self.say(said)
+        self.accumulation = dist.accelerator.gradient_accumulation_steps = accumulation
+        if saved.world_size != dist.world_size:
+            self.resized_from = saved.world_size
 
     def _check_config_changes(self, checkpoint: Path) -> None:
         """Resuming never lies about its config: allowed changes are announced, others refused."""
@@ -231,13 +259,13 @@ class Trainer:
                 return self._stop(stop_reason)
             events = self.callbacks.judge(self.state.step + 1, stats, taken[-1].resume)
             action = self._action(events)
-            self.rows.position = taken[-1].resume
+            self.rows.advance(taken)
             if action == "rollback":
                 self._rollback(events)
                 continue
             apply_update(self.optimizer, self.scheduler, skip=action == "skip")
             self._commit(stats, action)
-            outcome = StepOutcome(self.state.step, stats, time.perf_counter() - begun, action, events)
+            outcome = StepOutcome(self.state.step, stats, time.perf_counter() - begun, action, events, taken)
             self.stop.note_step(outcome.elapsed_s)
             self._log_step(outcome)
             self.callbacks.post_step(outcome)
@@ -301,6 +329,8 @@ class Trainer:
         # The callbacks keep what they learned (the detector keeps the spike out of its baseline).
         self.state = load_checkpoint(self.dist, target)
         self.state.rollbacks = rollbacks
+        # The data goes on from here, under this world's layout (the target may predate a resize).
+        self.state.world_size, self.state.data_layouts = state.world_size, state.data_layouts
         self.say(f"rolled back to {target.name} (rollback {rollbacks} of at most {cfg.monitor.max_rollbacks}); "
                  f"data continues after step's rows")
         if self.logger:
@@ -324,7 +354,11 @@ class Trainer:
         """A collective: every rank's data position, its callbacks' state, and Accelerate's state."""
         begun = time.perf_counter()
         dist = self.dist
-        self.state.data_positions = dist.gather_objects(self.rows.position.to_dict())
+        state = self.state
+        state.data_positions = dist.gather_objects(self.rows.position.to_dict())
+        state.data_layouts = prune_layouts(state.data_layouts, state.data_positions)
+        state.global_batch = self.cfg.train.micro_batch_size * self.accumulation * dist.world_size
+        state.zero_stage = dist.zero_stage
 
         if dist.is_main and (warning := free_space_warning(self.run_dir)):
             self.say(f"warning: {warning}")
@@ -390,7 +424,7 @@ class Trainer:
 # --- building blocks ------------------------------------------------------------------------------
 
 def build_callbacks(cfg: BonsaiConfig, deepspeed: bool) -> list[Callback]:
-    callbacks: list[Callback] = [ThroughputCallback(), MemoryCallback()]
+    callbacks: list[Callback] = [ThroughputCallback(), MemoryCallback(), DataLogCallback()]
     if cfg.monitor.enabled:
         callbacks.insert(0, MonitorCallback(cfg.monitor.for_strategy(deepspeed)))
     callbacks.append(EvalCallback())
