@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import socket
 import subprocess
@@ -132,3 +133,32 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
             return
         time.sleep(0.05)
     raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def _trained(run_dir: Path) -> dict[int, Counter]:
+    """(epoch -> record id counts) over every rank's data log."""
+    per_epoch: dict[int, Counter] = {}
+    for path in sorted((run_dir / "data_log").glob("rank*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for record, epoch in zip(row["records"], row["epochs"]):
+                per_epoch.setdefault(epoch, Counter())[record] += 1
+    return per_epoch
+
+
+def assert_each_record_once_per_epoch(run_dir: Path, eval_fraction: float = 0.05) -> None:
+    """From RUN_DIR/data_log: within an epoch no record was trained twice, and every epoch all ranks
+    have left holds every train record of the sample."""
+    from bonsai.data.records import in_eval_split
+
+    train_ids = {r["id"] for r in sample_records() if not in_eval_split(r["id"], eval_fraction)}
+    trained = _trained(run_dir)
+    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    # Epochs every rank has left are complete; ranks packed unevenly may be an epoch apart.
+    complete = min(p["epoch"] for p in json.loads((final / "trainer_state.json").read_text())["data_positions"])
+    assert complete >= 1, "the test should cross an epoch boundary after the resume"
+    for epoch, counts in trained.items():
+        assert max(counts.values()) == 1, f"epoch {epoch}: trained twice: {[r for r, n in counts.items() if n > 1]}"
+        assert set(counts) <= train_ids
+        if epoch < complete:
+            assert set(counts) == train_ids, f"epoch {epoch}: never trained: {sorted(train_ids - set(counts))[:10]}"

@@ -6,40 +6,10 @@ go on."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from pathlib import Path
-
 import pytest
 
-from bonsai.data.records import in_eval_split
-from conftest import base_config, run_train, sample_records, write_config
 from bonsai.observe.metrics import read_metrics
-
-
-def _trained(run_dir: Path) -> dict[int, Counter]:
-    """(epoch -> record id counts) over every rank's data log."""
-    per_epoch: dict[int, Counter] = {}
-    for path in sorted((run_dir / "data_log").glob("rank*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            for record, epoch in zip(row["records"], row["epochs"]):
-                per_epoch.setdefault(epoch, Counter())[record] += 1
-    return per_epoch
-
-
-def _check_each_record_once(run_dir: Path) -> None:
-    train_ids = {r["id"] for r in sample_records() if not in_eval_split(r["id"], 0.05)}
-    trained = _trained(run_dir)
-    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
-    # Epochs every rank has left are complete; ranks packed unevenly may be an epoch apart.
-    complete = min(p["epoch"] for p in json.loads((final / "trainer_state.json").read_text())["data_positions"])
-    assert complete >= 1, "the test should cross an epoch boundary after the resume"
-    for epoch, counts in trained.items():
-        assert max(counts.values()) == 1, f"epoch {epoch}: trained twice: {[r for r, n in counts.items() if n > 1]}"
-        assert set(counts) <= train_ids
-        if epoch < complete:
-            assert set(counts) == train_ids, f"epoch {epoch}: never trained: {sorted(train_ids - set(counts))[:10]}"
+from conftest import assert_each_record_once_per_epoch, base_config, run_train, write_config
 
 
 @pytest.mark.parametrize("before, after, micro_after", [(2, 1, 4), (1, 2, 2), (2, 3, 2)])
@@ -64,4 +34,4 @@ def test_resuming_on_another_number_of_processes_trains_each_record_once(tmp_pat
     assert f"{before} rank(s)' positions merged and dealt to {after}" in output
     steps = [row["step"] for row in read_metrics(tmp_path / "run") if "loss" in row]
     assert steps == list(range(1, len(steps) + 1)) and steps[-1] == final_step
-    _check_each_record_once(tmp_path / "run")
+    assert_each_record_once_per_epoch(tmp_path / "run")

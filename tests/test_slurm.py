@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bonsai.observe.metrics import read_metrics
-from conftest import ROOT, base_config, losses, subprocess_env, write_config
+from conftest import ROOT, assert_each_record_once_per_epoch, base_config, losses, subprocess_env, write_config
 
 CLUSTER_SCRIPT = ROOT / "slurm" / "local_cluster.sh"
 STEPS = 60
@@ -53,10 +53,10 @@ def _config(tmp_path: Path, cache: Path, name: str, steps: int = STEPS) -> Path:
     return write_config(tmp_path / f"{name}.yaml", cfg)
 
 
-def _submit(env: dict, config: Path, nodes: int, procs: int) -> str:
+def _submit(env: dict, config: Path, nodes: int, procs: int, *options: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "bonsai.cli", "slurm", "submit", str(config), "--nodes", str(nodes),
-         "--gpus-per-node", "0", "--procs-per-node", str(procs)],
+         "--gpus-per-node", "0", "--procs-per-node", str(procs), *options],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -189,3 +189,30 @@ def test_a_dead_task_fails_the_job_with_a_clear_line(slurm, tmp_path, model_cach
     assert job["Restarts"] == "0"
     assert "FAILED: training exited with code" in log and "not requeued" in log, log[-6000:]
     assert not _pids_of(job_id, rank=0), "rank 0 outlived its job"
+
+
+def test_preempted_on_two_nodes_resumes_on_one(slurm, tmp_path, model_cache):
+    """The cluster gives back fewer nodes than the job had: the job stops on 2 nodes (not requeued, as
+    after its last allowed restart) and the same config, resubmitted on 1 node, finishes the run with
+    every step once, every record once per epoch, and one W&B run."""
+    run_dir = tmp_path / "shrunk"
+    config = _config(tmp_path, model_cache, "shrunk")
+    first = _submit(slurm, config, 2, 1, "--max-restarts", "0")
+    _wait_for_step(run_dir, 3, slurm, first)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", first], env=slurm, check=True, timeout=30)
+    _wait_job(slurm, first, run_dir)
+    assert "NOT requeued" in _log(run_dir, first), _log(run_dir, first)[-6000:]
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+
+    second = _submit(slurm, config, nodes=1, procs=1)
+    job = _wait_job(slurm, second, run_dir)
+    _assert_completed(job, run_dir, second)
+    log = _log(run_dir, second)
+    assert "resuming a 2-process checkpoint on 1: global batch 4 kept (1 x micro-batch 2 x accumulation 2)" in log, log[-6000:]
+    assert f"resumed from {stopped['checkpoint']} at step {stopped['step']}" in log
+    steps = [row["step"] for row in read_metrics(run_dir) if "loss" in row]
+    assert steps == list(range(1, STEPS + 1))
+    assert_each_record_once_per_epoch(run_dir)
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs), offline_runs
