@@ -70,6 +70,11 @@ class RunDir:
         return self.root / "model"
 
     @property
+    def scan_cache(self) -> Path:
+        """The start-up scan's findings per shard, reused by a relaunch (bonsai.data.scan_cache)."""
+        return self.root / "scan_cache"
+
+    @property
     def data_log_dir(self) -> Path:
         return self.root / "data_log"
 

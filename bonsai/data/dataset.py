@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Literal
 
 from bonsai.config import DataConfig
@@ -17,21 +16,12 @@ from bonsai.data.elastic import EpochLayout
 from bonsai.data.packing import Document, Row, one_document_per_row, pack_best_fit, pack_documents
 from bonsai.data.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.data.records import Where
+from bonsai.data.scan_cache import ScanCache, ScanReport
 from bonsai.data.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard, sha256_of, verify_manifest
 from bonsai.data.template import encode_record, render_prompt
 
 Split = Literal["train", "eval"]
 MAX_ERRORS_SHOWN = 20
-
-
-@dataclass
-class ScanReport:
-    """One epoch of one rank's share, checked."""
-
-    train_records: int = 0
-    eval_records: int = 0
-    train_target_tokens: int = 0
-    bad: list[BadRecord] = field(default_factory=list)
 
 
 class RankData:
@@ -72,11 +62,26 @@ class RankData:
             layouts=self.layouts if train else None,
         )
 
-    def scan(self) -> ScanReport:
+    def scan(self, cache: ScanCache | None = None) -> ScanReport:
+        """This rank's part of every shard (every world_size-th line of it), checked and counted; a
+        shard's part comes from `cache` when that shard has not changed since it was scanned."""
         report = ScanReport()
-        for position, where, payload in self._items(StreamPosition(), epochs=1, train=False):
+        for shard in self.shards:
+            entry, part = cache.get(shard) if cache else (None, None)
+            if part is None:
+                part = self._scan_shard(shard)
+                if cache:
+                    cache.put(entry, part)
+            report.add(part)
+        return report
+
+    def _scan_shard(self, shard: str) -> ScanReport:
+        report = ScanReport()
+        for j, (where, payload) in enumerate(read_shard(shard)):
+            if j % self.world_size != self.rank:
+                continue
             try:
-                split, doc = self._prepare(position, where, payload)
+                split, doc = self._prepare(StreamPosition(0, j), where, payload)
             except BadRecord as bad:
                 report.bad.append(bad)
                 continue

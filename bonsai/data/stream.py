@@ -172,11 +172,11 @@ def rank_items(
                 yield StreamPosition(epoch, taken), where, payload
             taken += 1
         if taken == 0 and not partial:
-            raise _no_records(shards, seen, rank, world_size)
+            raise no_records_error(shards, seen, rank, world_size)
         epoch, skip = epoch + 1, 0
 
 
-def _no_records(shards: list[str], seen: int, rank: int, world_size: int) -> DataSourceError:
+def no_records_error(shards: list[str], seen: int, rank: int, world_size: int) -> DataSourceError:
     if seen == 0:
         names = shards[0] if len(shards) == 1 else f"{shards[0]} and the {len(shards) - 1} other shard(s)"
         return DataSourceError(f"{names}: empty, no records (blank lines are not records)")

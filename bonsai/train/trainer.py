@@ -45,6 +45,8 @@ from bonsai.io import write_json, write_jsonl
 from bonsai.rundir import RunDir
 from bonsai.data.stream import StreamPosition
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
+from bonsai.data.scan_cache import ScanCache, settings_fingerprint
+from bonsai.data.stream import no_records_error
 from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
 from bonsai.observe.wandb_logger import resolve_mode
 
@@ -125,7 +127,8 @@ class Trainer:
         counts = scan_data(dist, self.data, cfg, self.run)
         self.say(f"data: {counts['train_records']} train and {counts['eval_records']} eval records in "
                  f"{len(self.data.shards)} shard(s), {counts['bad_records']} bad (quarantined), "
-                 f"{counts['train_target_tokens']} response tokens/epoch")
+                 f"{counts['train_target_tokens']} response tokens/epoch; scanned in {counts['scan_s']:.1f} s "
+                 f"({counts['cached_parts']} of {counts['parts']} shard parts from {self.run.scan_cache})")
         self._setup_model()
         self.callbacks = Callbacks(build_callbacks(cfg, dist.is_deepspeed))
         self.callbacks.setup(self)
@@ -433,12 +436,15 @@ def build_callbacks(cfg: BonsaiConfig, deepspeed: bool) -> list[Callback]:
     return callbacks
 
 
-def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dict[str, int]:
-    """Check this rank's share once before training; fail (or quarantine) with every rank's findings."""
-    report = data.scan()
+def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dict[str, float]:
+    """Check this rank's share once before training; fail (or quarantine) with every rank's findings.
+    Shards unchanged since an earlier launch into this run dir are not read again (bonsai.data.scan_cache)."""
+    begun = time.perf_counter()
+    cache = ScanCache(run.scan_cache, settings_fingerprint(data.tokenizer, cfg.data), dist.rank, dist.world_size)
+    report = data.scan(cache)
     rows = dist.gather_objects(
         ([b.as_quarantine_row() for b in report.bad], [str(b) for b in report.bad],
-         report.train_records, report.eval_records, report.train_target_tokens)
+         report.train_records, report.eval_records, report.train_target_tokens, cache.hits, cache.misses)
     )
     bad_rows = [r for per_rank in rows for r in per_rank[0]]
     bad_text = [t for per_rank in rows for t in per_rank[1]]
@@ -447,7 +453,12 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
         "eval_records": sum(r[3] for r in rows),
         "train_target_tokens": sum(r[4] for r in rows),
         "bad_records": len(bad_rows),
+        "cached_parts": sum(r[5] for r in rows),
+        "parts": sum(r[5] + r[6] for r in rows),
+        "scan_s": time.perf_counter() - begun,
     }
+    if counts["train_records"] + counts["eval_records"] + counts["bad_records"] == 0:
+        raise no_records_error(data.shards, 0, dist.rank, dist.world_size)
     if bad_rows and cfg.data.on_bad_record == "error":
         raise DataError(
             f"data.path {cfg.data.path}: {describe_bad_records(bad_text)}\n"

@@ -1,0 +1,99 @@
+"""The start-up scan's findings per shard, kept in the run directory: a relaunch (a requeue, a resume, a
+longer max_steps) reads and tokenizes only the shards that changed since, instead of the whole epoch.
+
+An entry is valid for one shard's content (its size, modification time or ETag, and the sha256 of its
+first 64 KiB), one rank's part of it under one world size, and one way of turning records into tokens:
+the tokenizer and template (fingerprinted by the tokens of a fixed record), data.max_length,
+eval_fraction and max_record_bytes. Anything else makes a new key, and the shard is scanned again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+
+from bonsai.config import DataConfig
+from bonsai.data.records import BadRecord, Record, Where
+from bonsai.data.template import encode_record
+from bonsai.io import write_json
+
+SCAN_CACHE_VERSION = 1  # raise when what a scan computes changes
+PREFIX_BYTES = 1 << 16
+_PROBE = Record(id="scan-cache-probe", instruction="日本で一番高い山は? Which is the highest mountain?",
+                input="翻訳: 富士山", output="Mount Fuji / 富士山", category="translation", lang="en", source_lang="ja")
+
+
+@dataclass
+class ScanReport:
+    """One epoch of one rank's share, checked."""
+
+    train_records: int = 0
+    eval_records: int = 0
+    train_target_tokens: int = 0
+    bad: list[BadRecord] = field(default_factory=list)
+
+    @property
+    def items(self) -> int:
+        return self.train_records + self.eval_records + len(self.bad)
+
+    def add(self, other: ScanReport) -> None:
+        self.train_records += other.train_records
+        self.eval_records += other.eval_records
+        self.train_target_tokens += other.train_target_tokens
+        self.bad += other.bad
+
+    def to_dict(self) -> dict:
+        return {"train_records": self.train_records, "eval_records": self.eval_records,
+                "train_target_tokens": self.train_target_tokens, "bad": [b.as_quarantine_row() for b in self.bad]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScanReport:
+        bad = [BadRecord(Where(b["path"], b["line"]), b["field"], b["reason"], b["raw"]) for b in d["bad"]]
+        return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad)
+
+
+def shard_identity(url: str) -> str:
+    """What says a shard's bytes are the ones scanned before, without reading it whole."""
+    fs, path = fsspec.core.url_to_fs(url)
+    info = fs.info(path)
+    changed = next((str(info[k]) for k in ("mtime", "LastModified", "last_modified", "ETag", "etag") if k in info),
+                   "")
+    with fs.open(path, "rb") as f:
+        prefix = hashlib.sha256(f.read(PREFIX_BYTES)).hexdigest()
+    return f"{info.get('size')}:{changed}:{prefix}"
+
+
+def settings_fingerprint(tokenizer, cfg: DataConfig) -> str:
+    """The tokenizer and template as they encode a fixed record, and the data settings a scan applies."""
+    encoded = encode_record(tokenizer, _PROBE)
+    return hashlib.sha256(json.dumps([SCAN_CACHE_VERSION, encoded.input_ids, encoded.labels, cfg.max_length,
+                                      cfg.eval_fraction, cfg.max_record_bytes]).encode()).hexdigest()
+
+
+class ScanCache:
+    def __init__(self, directory: Path, fingerprint: str, rank: int, world_size: int):
+        self.directory, self.fingerprint = Path(directory), fingerprint
+        self.rank, self.world_size = rank, world_size
+        self.hits = self.misses = 0
+
+    def _entry(self, url: str) -> Path:
+        key = json.dumps([url, shard_identity(url), self.rank, self.world_size, self.fingerprint])
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+    def get(self, url: str) -> tuple[Path, ScanReport | None]:
+        entry = self._entry(url)
+        try:
+            report = ScanReport.from_dict(json.loads(entry.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):  # missing, or torn by a crash: scan again
+            self.misses += 1
+            return entry, None
+        self.hits += 1
+        return entry, report
+
+    @staticmethod
+    def put(entry: Path, report: ScanReport) -> None:
+        write_json(entry, report.to_dict())

@@ -1,0 +1,60 @@
+"""The start-up scan's cache: a relaunch reads only the shards that changed, and finds what a full scan finds."""
+
+from __future__ import annotations
+
+import json
+
+from bonsai.config import DataConfig
+from bonsai.data.dataset import RankData
+from bonsai.data.scan_cache import ScanCache, settings_fingerprint
+from conftest import sample_records, write_shards
+
+
+def _scan(path, tokenizer, cache_dir, rank=0, world=1, **data):
+    cfg = DataConfig(**{"path": str(path), "max_length": 256, "eval_fraction": 0.05, "on_bad_record": "skip", **data})
+    ranked = RankData(cfg, tokenizer, seed=0, rank=rank, world_size=world)
+    cache = ScanCache(cache_dir, settings_fingerprint(tokenizer, cfg), rank, world)
+    report = ranked.scan(cache)
+    return report, (cache.hits, cache.misses), ranked.scan()
+
+
+def _summary(report):
+    return (report.train_records, report.eval_records, report.train_target_tokens,
+            [b.as_quarantine_row() for b in report.bad])
+
+
+def test_a_relaunch_reads_only_changed_shards_and_finds_the_same(tmp_path, tokenizer):
+    data = write_shards(tmp_path / "data", sample_records(), shards=4)
+    with (data / "part-00001.jsonl").open("a", encoding="utf-8") as f:
+        f.write('{"id": "broken", "instruction": 3}\n')
+    first, counts, full = _scan(data, tokenizer, tmp_path / "cache")
+    assert counts == (0, 4) and _summary(first) == _summary(full) and len(first.bad) == 1
+
+    again, counts, _ = _scan(data, tokenizer, tmp_path / "cache")
+    assert counts == (4, 0) and _summary(again) == _summary(first)
+    assert str(again.bad[0]) == str(first.bad[0])  # file, line, field and reason survive the cache
+
+    record = {**sample_records()[0], "id": "added-later"}
+    with (data / "part-00002.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    changed, counts, full = _scan(data, tokenizer, tmp_path / "cache")
+    assert counts == (3, 1) and _summary(changed) == _summary(full)
+    assert changed.items == first.items + 1
+
+
+def test_other_settings_or_ranks_do_not_reuse_an_entry(tmp_path, tokenizer):
+    data = write_shards(tmp_path / "data", sample_records(), shards=2)
+    _scan(data, tokenizer, tmp_path / "cache")
+    assert _scan(data, tokenizer, tmp_path / "cache", max_length=128)[1] == (0, 2)
+    parts = [_scan(data, tokenizer, tmp_path / "cache", rank=r, world=2) for r in range(2)]
+    assert [p[1] for p in parts] == [(0, 2), (0, 2)]
+    assert sum(p[0].items for p in parts) == _scan(data, tokenizer, tmp_path / "cache")[0].items
+
+
+def test_a_torn_entry_is_scanned_again(tmp_path, tokenizer):
+    data = write_shards(tmp_path / "data", sample_records(), shards=2)
+    first = _scan(data, tokenizer, tmp_path / "cache")[0]
+    for entry in (tmp_path / "cache").glob("*.json"):
+        entry.write_text(entry.read_text()[:20])
+    again, counts, _ = _scan(data, tokenizer, tmp_path / "cache")
+    assert counts == (0, 2) and _summary(again) == _summary(first)
