@@ -43,10 +43,9 @@ from bonsai.train.preemption import StopRequest, preempted_exit_code, write_stop
 from bonsai.train.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
 from bonsai.io import write_json, write_jsonl
 from bonsai.rundir import RunDir
-from bonsai.data.stream import StreamPosition
+from bonsai.data.stream import StreamPosition, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
 from bonsai.data.scan_cache import ScanCache, settings_fingerprint
-from bonsai.data.stream import no_records_error
 from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
 from bonsai.observe.wandb_logger import resolve_mode
 
@@ -136,8 +135,7 @@ class Trainer:
             self._load(self.resume_from)
             self.say(f"resumed from {self.resume_from} at step {self.state.step}")
         if self.resized_from is not None:
-            items = counts["train_records"] + counts["eval_records"] + counts["bad_records"]
-            self.state, said = merge_positions(self.state, dist.world_size, items)
+            self.state, said = merge_positions(self.state, dist.world_size, counts["items"])
             self.say(said)
         self.data.layouts = layouts_from_dict(self.state.data_layouts)
         if self.state.finished and self.state.step < cfg.train.max_steps:
@@ -457,7 +455,8 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
         "parts": sum(r[5] + r[6] for r in rows),
         "scan_s": time.perf_counter() - begun,
     }
-    if counts["train_records"] + counts["eval_records"] + counts["bad_records"] == 0:
+    counts["items"] = counts["train_records"] + counts["eval_records"] + counts["bad_records"]  # per epoch
+    if counts["items"] == 0:
         raise no_records_error(data.shards, 0, dist.rank, dist.world_size)
     if bad_rows and cfg.data.on_bad_record == "error":
         raise DataError(
