@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bonsai.config import ConfigError, DecodeConfig, load_config, to_yaml
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train":
-        return _end_training_process(_train(args))
+        return _train(args)
     if args.command == "report":
         return _report(args)
     if args.command == "generate":
@@ -187,23 +188,20 @@ def _train(args) -> int:
         return 130
 
 
-def _end_training_process(code: int) -> int:
-    """Under a launcher, end the process here, once the trainer has flushed and closed every log,
-    checkpoint and W&B run and torn the process group down. Interpreter shutdown after distributed
-    training can abort ("terminate called without an active exception": C++ threads of the comm
-    backends destroyed while joinable), turning a finished run into exit 1 and a FAILED SLURM job;
-    skipping that shutdown makes the exit code the trainer's."""
-    from bonsai.train.preemption import under_launcher_agent
-
-    if not under_launcher_agent():
-        return code
+def run() -> None:
+    """The `bonsai` program. Ends the process without the interpreter's shutdown, once stdout, stderr
+    and logging are flushed (the trainer has already closed every log, checkpoint and W&B run and torn
+    the process group down): tearing down the modules of torch, transformers and DeepSpeed takes ~1 s
+    per process, and after distributed training it can abort ("terminate called without an active
+    exception": C++ threads of the comm backends destroyed while joinable), turning a finished run into
+    exit 1 and a FAILED SLURM job. `main` stays an ordinary function for callers in Python."""
+    code = main()
     import logging
-    import os
 
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(code if isinstance(code, int) else 0)
 
 
 def _generate(args) -> int:
@@ -339,4 +337,4 @@ def _report(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

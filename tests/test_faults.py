@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+from bonsai.train.checkpoint import find_checkpoint
 from conftest import ROOT, base_config, losses, run_train, sample_records, subprocess_env, train_command, write_config, wait_for_step
 
 
@@ -117,12 +118,21 @@ def test_a_bad_newest_checkpoint_is_named_and_the_one_before_is_used(tmp_path, m
               "optimizer.bin is ": lambda: truncate("optimizer.bin"),
               "scheduler.bin is missing": lambda: (newest / "scheduler.bin").unlink(),
               "trainer_state.json is ": lambda: truncate("trainer_state.json")}
-    for problem, inject in faults.items():
+    intact = {p.name: p.read_bytes() for p in newest.iterdir() if p.is_file()}
+    for problem, inject in faults.items():  # each kind of damage is named, and step 4 is chosen
         inject()
-        proc = run_train(config)  # resumes from step 4 and trains 5 and 6 again
-        assert f"warning: checkpoint {newest}: {problem}" in proc.stdout, (problem, proc.stdout[-2000:])
-        assert f"resumed from {newest.parent / 'step_00000004'} at step 4" in proc.stdout
-        assert losses(tmp_path / "run") == reference  # the same steps, the same losses
+        chosen, problems = find_checkpoint(tmp_path / "run")
+        assert chosen == newest.parent / "step_00000004" and len(problems) == 1, problems
+        assert problems[0].startswith(f"{newest}: {problem}"), (problem, problems)
+        for name, content in intact.items():
+            (newest / name).write_bytes(content)
+        assert find_checkpoint(tmp_path / "run") == (newest, [])
+    # End to end, once: the launch warns, resumes from step 4 and trains 5 and 6 again, as before.
+    faults["optimizer.bin is "]()
+    proc = run_train(config)
+    assert f"warning: checkpoint {newest}: optimizer.bin is " in proc.stdout, proc.stdout[-2000:]
+    assert f"resumed from {newest.parent / 'step_00000004'} at step 4" in proc.stdout
+    assert losses(tmp_path / "run") == reference  # the same steps, the same losses
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
     for checkpoint in newest.parent.glob("step_*"):
         (checkpoint / "trainer_state.json").unlink()

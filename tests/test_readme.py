@@ -26,7 +26,7 @@ VENV = Path(sys.executable).parent.parent
 CPU_SUBSTITUTIONS = [
     (r"^make demo\b", f"make demo VENV={VENV} -o {VENV}/.installed",
      "use the venv this suite runs in, as it is: never reinstall it from the scratch copy"),
-    (r"\.venv/", f"{VENV}/", "the same venv"),
+    (r"(?<![\w/])\.venv/", f"{VENV}/", "the same venv"),
     (r"accelerate launch (.*?)--num_processes \d+ ", r"accelerate launch \1", "2 cores: 2 processes (added below)"),
     (r"accelerate launch ", "accelerate launch --num_processes 2 ", "2 cores: 2 processes"),
     (r"(train configs/phi2_\w+\.yaml[^#]*?)(\s*(#.*)?)$",
