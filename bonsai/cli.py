@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("checkpoint", help="RUN_DIR/checkpoints/step_NNNNNNNN")
     exp.add_argument("--out", required=True)
 
-    data = sub.add_parser("data", help="dataset tools: audit, convert, shard, publish")
+    data = sub.add_parser("data", help="dataset tools: audit, clean, convert, shard, publish")
     dsub = data.add_subparsers(dest="data_command", required=True)
     audit = dsub.add_parser("audit", help="find bad, duplicated, contradictory and mislabelled records",
                             description="Prints a table, writes audit.json and audit.png to --out; exits 1 when a "
@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--max-length", type=int, help="tokens; longer records are errors (needs --tokenizer)")
     audit.add_argument("--min-output-units", type=int, default=2)
     audit.add_argument("--fail-on", choices=["error", "warning", "never"], default="error")
+    clean = dsub.add_parser("clean", help="the data without a run's suspect records, and excluded.jsonl",
+                            description="Chooses suspects from RUN_DIR's report (every record with a stated reason, "
+                                        "most suspect first; --top or --min-score narrow it), writes the run's data "
+                                        "without them to --out under the same shard names, and --out/excluded.jsonl "
+                                        "(id, file:line, score, reasons). Train on --out, or on the original data "
+                                        "with data.exclude=OUT/excluded.jsonl.")
+    clean.add_argument("--from-report", required=True, metavar="RUN_DIR", help="a Bonsai run directory")
+    pick = clean.add_mutually_exclusive_group()
+    pick.add_argument("--top", type=int, metavar="K", help="the K most suspect records")
+    pick.add_argument("--min-score", type=float, metavar="S", help="suspects scoring at least S")
+    clean.add_argument("--data", help="the data to clean (default: the run's data.path)")
+    clean.add_argument("--out", required=True, help="a new directory")
     conv = dsub.add_parser("convert", help="Alpaca or Dolly (JSON, JSONL, Parquet) into Bonsai's schema")
     conv.add_argument("paths", nargs="+")
     conv.add_argument("--format", required=True, choices=["alpaca", "dolly"])
@@ -271,6 +283,8 @@ def _data(args) -> int:
             print(f"written: {Path(args.out) / 'audit.json'}, {Path(args.out) / 'audit.png'}")
             worst = report.worst()
             return 1 if worst and audit.SEVERITY_RANK[worst] >= audit.SEVERITY_RANK[args.fail_on] else 0
+        if args.data_command == "clean":
+            return _clean(args)
         if args.data_command == "convert":
             mapping = dict(item.split("=", 1) for item in args.category_map)
             bad = {k: v for k, v in mapping.items() if v not in CATEGORIES}
@@ -286,6 +300,30 @@ def _data(args) -> int:
     except (datatools.ConvertError, DataSourceError, ValueError, OSError) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _clean(args) -> int:
+    from pathlib import Path
+
+    from bonsai.data.exclude import choose, clean_data
+    from bonsai.observe.report import find_suspects
+
+    run_dir = Path(args.from_report)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"--from-report {run_dir}: no config.yaml there; give a Bonsai run directory")
+    if args.top is not None and args.top < 1:
+        raise ValueError(f"--top {args.top}: expected a positive number of records")
+    data_path = args.data or load_config(run_dir / "config.yaml").data.path
+    chosen = choose(find_suspects(run_dir), args.min_score, args.top)
+    if not chosen:
+        raise ValueError(f"--from-report {run_dir}: no suspect record{' scores that high' if args.min_score else ''}; "
+                         "nothing to leave out (see `bonsai report` for the scores)")
+    removed, excluded = clean_data(data_path, chosen, Path(args.out))
+    print(f"{removed} record(s) left out of {data_path} -> {args.out} (listed in {excluded})")
+    for row in chosen[:10]:
+        print(f"  {row['id']} [{row['category']}/{row['lang']}] score {row['score']:.1f}: {row['why']}")
+    print(f"train on it: bonsai train CONFIG data.path={args.out}  (or keep the data: data.exclude={excluded})")
     return 0
 
 

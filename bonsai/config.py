@@ -89,6 +89,9 @@ class DataConfig(_Section):
     """A JSONL line longer than this is a bad record, refused before it is parsed or tokenized."""
     on_bad_record: Literal["error", "skip"] = "error"
     """error: stop at start-up naming file, line and field. skip: count it and list it in quarantine/."""
+    exclude: str | None = None
+    """A file of record ids left out of training and eval: the excluded.jsonl `bonsai data clean` writes,
+    or one id per line. Lets a run train without a report's suspects without copying the data."""
 
 
 class TrainConfig(_Section):

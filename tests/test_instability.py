@@ -2,9 +2,11 @@
 reach the weights, rollbacks resume from a checkpoint past the bad data, and W&B holds it all."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import base_config, run_train, write_config, write_shards, ROOT, subprocess_env
@@ -186,3 +188,48 @@ def test_detector_state_survives_a_resume(tmp_path, model_cache):
     assert stopped_at < spikes[0] <= stopped_at + 20, (stopped_at, spikes[0])
     run_train(interrupted)
     assert events("interrupted") == reference
+
+
+def test_clean_from_report_leaves_out_the_suspects_and_a_run_can_exclude_them(planted_run, tmp_path, model_cache):
+    """`bonsai data clean --from-report` writes the run's data without its top suspects (every other line
+    byte for byte, under the same shard names) and excluded.jsonl; `data.exclude` trains and evaluates
+    the original data without them, every other record once per epoch."""
+    from bonsai.data.records import in_eval_split
+
+    run_dir, planted, _ = planted_run
+    data = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"])
+    out = tmp_path / "clean"
+    clean = [sys.executable, "-m", "bonsai.cli", "data", "clean", "--from-report", str(run_dir),
+             "--top", str(len(planted)), "--out", str(out)]
+    proc = subprocess.run(clean, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = [s["id"] for s in json.loads((run_dir / "report.json").read_text())["suspects"][: len(planted)]]
+    excluded = [json.loads(line) for line in (out / "excluded.jsonl").read_text().splitlines()]
+    assert [e["id"] for e in excluded] == top and all(e["reasons"] and e["score"] > 0 for e in excluded)
+    for e in excluded:  # file:line names the record's line
+        path, line = e["where"].rsplit(":", 1)
+        assert json.loads(Path(path).read_text(encoding="utf-8").splitlines()[int(line) - 1])["id"] == e["id"]
+    shards = sorted(data.glob("*.jsonl"))
+    assert sorted(p.name for p in out.glob("*.jsonl")) == sorted([p.name for p in shards] + ["excluded.jsonl"])
+    for shard in shards:
+        kept = [line for line in shard.read_bytes().splitlines(keepends=True) if json.loads(line)["id"] not in top]
+        assert (out / shard.name).read_bytes() == b"".join(kept)
+    again = subprocess.run(clean, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr, again.stderr
+
+    cfg = base_config(tmp_path / "run", model_cache, data)
+    cfg["data"]["exclude"] = str(out / "excluded.jsonl")
+    cfg["train"]["max_steps"] = 24  # past one epoch of the planted data
+    cfg["eval"] = {"probes": None}
+    proc = run_train(write_config(tmp_path / "c.yaml", cfg))
+    assert f"{len(top)} of {len(top)} listed record(s) left out of training and eval" in proc.stdout, proc.stdout
+    everything = {json.loads(line)["id"] for shard in shards for line in shard.read_text(encoding="utf-8").splitlines()}
+    kept = everything - set(top)
+    evaluated = {i for i in kept if in_eval_split(i, cfg["data"]["eval_fraction"])}
+    assert f"data: {len(kept) - len(evaluated)} train and {len(evaluated)} eval records" in proc.stdout
+    epochs: dict[int, set] = {}
+    for line in (tmp_path / "run" / "data_log" / "rank0.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for record, epoch in zip(row["records"], row["epochs"]):
+            epochs.setdefault(epoch, set()).add(record)
+    assert 1 in epochs and epochs[0] == kept - evaluated

@@ -13,6 +13,7 @@ from typing import Literal
 
 from bonsai.config import DataConfig
 from bonsai.data.elastic import EpochLayout
+from bonsai.data.exclude import read_exclusions
 from bonsai.data.packing import Document, Row, one_document_per_row, pack_best_fit, pack_documents
 from bonsai.data.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.data.records import Where
@@ -21,6 +22,7 @@ from bonsai.data.stream import StreamPosition, list_shards, parse_payload, rank_
 from bonsai.data.template import encode_record, render_prompt
 
 Split = Literal["train", "eval"]
+Use = Literal["train", "eval", "excluded"]
 MAX_ERRORS_SHOWN = 20
 
 
@@ -33,10 +35,15 @@ class RankData:
         self.shards = list_shards(cfg.path)
         verify_manifest(cfg.path, self.shards)
         self.skipped = 0
+        self.excluded = read_exclusions(cfg.exclude) if cfg.exclude else frozenset()
         self.layouts: dict[int, EpochLayout] = {}  # what remains of the train epochs after a resize
 
-    def _prepare(self, position: StreamPosition, where, payload) -> tuple[Split, Document]:
+    def _prepare(self, position: StreamPosition, where, payload) -> tuple[Use, Document | Record]:
+        """(split, document); ("excluded", record) for a record data.exclude lists: it is not tokenized,
+        so one excluded for being too long is not an error."""
         record = validate_record(parse_payload(payload, where, self.cfg.max_record_bytes), where)
+        if record.id in self.excluded:
+            return "excluded", record
         encoded = encode_record(self.tokenizer, record)
         if len(encoded.input_ids) > self.cfg.max_length:
             raise BadRecord(
@@ -45,7 +52,7 @@ class RankData:
                 f"{len(encoded.input_ids)} tokens with the template exceed data.max_length {self.cfg.max_length}",
                 record.id,
             )
-        split: Split = "eval" if in_eval_split(record.id, self.cfg.eval_fraction) else "train"
+        split: Use = "eval" if in_eval_split(record.id, self.cfg.eval_fraction) else "train"
         return split, Document(record, encoded, where, position)
 
     def _items(self, start: StreamPosition, epochs: int | None, train: bool):
@@ -85,7 +92,9 @@ class RankData:
             except BadRecord as bad:
                 report.bad.append(bad)
                 continue
-            if split == "train":
+            if split == "excluded":
+                report.excluded.append(doc.id)
+            elif split == "train":
                 report.train_records += 1
                 report.train_target_tokens += doc.encoded.num_target_tokens
             else:

@@ -4,7 +4,8 @@ longer max_steps) reads and tokenizes only the shards that changed since, instea
 An entry is valid for one shard's content (its size, modification time or ETag, and the sha256 of its
 first 64 KiB), one rank's part of it under one world size, and one way of turning records into tokens:
 the tokenizer and template (fingerprinted by the tokens of a fixed record), data.max_length,
-eval_fraction and max_record_bytes. Anything else makes a new key, and the shard is scanned again.
+eval_fraction, max_record_bytes and the ids data.exclude lists. Anything else makes a new key, and the
+shard is scanned again.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import fsspec
 
 from bonsai.config import DataConfig
 from bonsai.data.records import BadRecord, Record, Where
+from bonsai.data.exclude import exclusions_digest
 from bonsai.data.template import encode_record
 from bonsai.io import write_json
 
-SCAN_CACHE_VERSION = 1  # raise when what a scan computes changes
+SCAN_CACHE_VERSION = 2  # raise when what a scan computes changes
 PREFIX_BYTES = 1 << 16
 _PROBE = Record(id="scan-cache-probe", instruction="日本で一番高い山は? Which is the highest mountain?",
                 input="翻訳: 富士山", output="Mount Fuji / 富士山", category="translation", lang="en", source_lang="ja")
@@ -35,25 +37,29 @@ class ScanReport:
     eval_records: int = 0
     train_target_tokens: int = 0
     bad: list[BadRecord] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    """Ids of the records data.exclude left out (they still hold their place in the stream)."""
 
     @property
     def items(self) -> int:
-        return self.train_records + self.eval_records + len(self.bad)
+        return self.train_records + self.eval_records + len(self.bad) + len(self.excluded)
 
     def add(self, other: ScanReport) -> None:
         self.train_records += other.train_records
         self.eval_records += other.eval_records
         self.train_target_tokens += other.train_target_tokens
         self.bad += other.bad
+        self.excluded += other.excluded
 
     def to_dict(self) -> dict:
         return {"train_records": self.train_records, "eval_records": self.eval_records,
-                "train_target_tokens": self.train_target_tokens, "bad": [b.as_quarantine_row() for b in self.bad]}
+                "train_target_tokens": self.train_target_tokens, "bad": [b.as_quarantine_row() for b in self.bad],
+                "excluded": self.excluded}
 
     @classmethod
     def from_dict(cls, d: dict) -> ScanReport:
         bad = [BadRecord(Where(b["path"], b["line"]), b["field"], b["reason"], b["raw"]) for b in d["bad"]]
-        return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad)
+        return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad, list(d["excluded"]))
 
 
 def shard_identity(url: str) -> str:
@@ -67,11 +73,13 @@ def shard_identity(url: str) -> str:
     return f"{info.get('size')}:{changed}:{prefix}"
 
 
-def settings_fingerprint(tokenizer, cfg: DataConfig) -> str:
-    """The tokenizer and template as they encode a fixed record, and the data settings a scan applies."""
+def settings_fingerprint(tokenizer, cfg: DataConfig, excluded: frozenset[str] = frozenset()) -> str:
+    """The tokenizer and template as they encode a fixed record, and the data settings a scan applies
+    (the excluded ids by their content, not by the name of the file that lists them)."""
     encoded = encode_record(tokenizer, _PROBE)
     return hashlib.sha256(json.dumps([SCAN_CACHE_VERSION, encoded.input_ids, encoded.labels, cfg.max_length,
-                                      cfg.eval_fraction, cfg.max_record_bytes]).encode()).hexdigest()
+                                      cfg.eval_fraction, cfg.max_record_bytes, exclusions_digest(excluded)]
+                                     ).encode()).hexdigest()
 
 
 class ScanCache:

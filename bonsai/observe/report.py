@@ -22,6 +22,7 @@ from bonsai.observe.metrics import read_metrics
 from bonsai.rundir import RunDir
 from bonsai.robust import by_group
 from bonsai.data.dataset import read_valid_records
+from bonsai.data.exclude import read_exclusions
 from bonsai.data.records import Record
 
 SPIKE_WEIGHT = 2.0  # one spike batch counts as much as 2 sigma of excess loss
@@ -139,14 +140,21 @@ def _plot(run_dir: Path, metrics: list[dict], events: list[dict], suspects: list
     plt.close(fig)
 
 
+def find_suspects(run_dir: Path) -> list[dict]:
+    """Every record of the run's data with a stated reason, most suspect first; the score only orders them."""
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    excluded = read_exclusions(cfg.data.exclude) if cfg.data.exclude else frozenset()
+    records = [r for r in read_valid_records(cfg.data.path) if r.id not in excluded]  # what the run trained on
+    scored = score_records(records, read_record_stats(run_dir), read_events(run_dir))
+    return [s for s in scored if s["why"]]
+
+
 def write_report(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it a Bonsai run directory?")
-    cfg = load_config(run_dir / "config.yaml")
     metrics, events = read_metrics(run_dir), read_events(run_dir)
-    # A suspect is a record with a stated reason; the score only orders them.
-    suspects = [s for s in score_records(read_valid_records(cfg.data.path), read_record_stats(run_dir), events) if s["why"]]
+    suspects = find_suspects(run_dir)
     report = {
         "run_dir": str(run_dir),
         "steps": max((m["step"] for m in metrics), default=0),

@@ -128,6 +128,8 @@ class Trainer:
                  f"{len(self.data.shards)} shard(s), {counts['bad_records']} bad (quarantined), "
                  f"{counts['train_target_tokens']} response tokens/epoch; scanned in {counts['scan_s']:.1f} s "
                  f"({counts['cached_parts']} of {counts['parts']} shard parts from {self.run.scan_cache})")
+        if cfg.data.exclude:
+            self.say(describe_exclusions(cfg.data.exclude, self.data.excluded, counts["excluded_found"]))
         self._setup_model()
         self.callbacks = Callbacks(build_callbacks(cfg, dist.is_deepspeed))
         self.callbacks.setup(self)
@@ -438,11 +440,13 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
     """Check this rank's share once before training; fail (or quarantine) with every rank's findings.
     Shards unchanged since an earlier launch into this run dir are not read again (bonsai.data.scan_cache)."""
     begun = time.perf_counter()
-    cache = ScanCache(run.scan_cache, settings_fingerprint(data.tokenizer, cfg.data), dist.rank, dist.world_size)
+    fingerprint = settings_fingerprint(data.tokenizer, cfg.data, data.excluded)
+    cache = ScanCache(run.scan_cache, fingerprint, dist.rank, dist.world_size)
     report = data.scan(cache)
     rows = dist.gather_objects(
         ([b.as_quarantine_row() for b in report.bad], [str(b) for b in report.bad],
-         report.train_records, report.eval_records, report.train_target_tokens, cache.hits, cache.misses)
+         report.train_records, report.eval_records, report.train_target_tokens, cache.hits, cache.misses,
+         report.excluded)
     )
     bad_rows = [r for per_rank in rows for r in per_rank[0]]
     bad_text = [t for per_rank in rows for t in per_rank[1]]
@@ -454,8 +458,11 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
         "cached_parts": sum(r[5] for r in rows),
         "parts": sum(r[5] + r[6] for r in rows),
         "scan_s": time.perf_counter() - begun,
+        "excluded_found": sorted({i for r in rows for i in r[7]}),
     }
-    counts["items"] = counts["train_records"] + counts["eval_records"] + counts["bad_records"]  # per epoch
+    # Items per epoch: excluded records hold their place in the stream like any other.
+    counts["items"] = (counts["train_records"] + counts["eval_records"] + counts["bad_records"]
+                       + sum(len(r[7]) for r in rows))
     if counts["items"] == 0:
         raise no_records_error(data.shards, 0, dist.rank, dist.world_size)
     if bad_rows and cfg.data.on_bad_record == "error":
@@ -469,6 +476,16 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
     if counts["train_records"] == 0:
         raise DataError(f"data.path {cfg.data.path}: no training records left (eval split and skips took all)")
     return counts
+
+
+def describe_exclusions(path: str, listed: frozenset[str], found: list[str]) -> str:
+    """What data.exclude took out; ids it lists that the data does not hold are named (a list made for
+    other data, or a typo), not an error: leaving them out is what was asked."""
+    line = f"data.exclude {path}: {len(found)} of {len(listed)} listed record(s) left out of training and eval"
+    absent = sorted(listed - set(found))
+    if absent:
+        line += f"; warning: {len(absent)} listed id(s) are not in the data (e.g. {', '.join(absent[:3])})"
+    return line
 
 
 def build_optimizer(model, cfg: BonsaiConfig) -> tuple[torch.optim.Optimizer, str]:
