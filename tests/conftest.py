@@ -100,8 +100,15 @@ def train_command(config: Path, overrides: list[str] = (), nproc: int = 1, launc
 
 def subprocess_env() -> dict:
     env = dict(os.environ)
-    # No OMP_NUM_THREADS: Bonsai gives each process its share of the cores, as it does for users.
+    # Bonsai gives each process its share of the cores, as it does for users. With test files run side
+    # by side (pytest-xdist), a worker's share is its part of the machine: a bare `bonsai train` is told
+    # it by OMP_NUM_THREADS, as a user would tell it (a launch divides accelerate's share itself). With
+    # both cores per process beside a busy second worker, OpenMP's spinning barriers made `make demo`
+    # 5x slower (26 s alone, 129 s).
     env.pop("OMP_NUM_THREADS", None)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
     env.update({"PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"})
     return env
 

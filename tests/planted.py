@@ -30,3 +30,67 @@ def planted_records(seed: int = 0) -> tuple[list[dict], set[str]]:
     records = clean + planted
     rng.shuffle(records)
     return records, {r["id"] for r in planted}
+
+
+PLANT_KINDS = ("contradiction", "translation_conflict", "garbage", "wrong_language", "looping")
+
+
+def varied_planted_set(seed: int, ratio: float) -> tuple[list[dict], dict[str, str]]:
+    """Clean sample records plus planted ones of five kinds, about `ratio` of the clean count (at least
+    one of each kind); returns (records, planted id -> kind). Unlike planted_records, which record is
+    copied and what replaces its answer is drawn from the seed:
+    - contradiction: a clean question (open_qa, closed_qa) answered with another question's answer of
+      the same category and language (a wrong fact);
+    - translation_conflict: a clean translation's instruction and input with another translation into
+      the same language as output;
+    - garbage: symbols and digits as the answer to a clean instruction reworded;
+    - wrong_language: a clean record's answer replaced by one in another language, the label kept;
+    - looping: a clean answer's first words repeated over and over."""
+    rng = random.Random(f"planted:{seed}")
+    clean = sample_records()
+    per_kind = max(1, round(ratio * len(clean) / len(PLANT_KINDS)))
+    pools = {
+        "contradiction": [r for r in clean if r["category"] in ("open_qa", "closed_qa")],
+        "translation_conflict": [r for r in clean if r["category"] == "translation"],
+    }
+    planted, kinds = [], {}
+
+    def plant(kind: str, i: int, record: dict) -> None:
+        record = {**record, "id": f"x{seed}-{kind}-{i}"}
+        planted.append(record)
+        kinds[record["id"]] = kind
+
+    for kind in PLANT_KINDS:
+        for i, original in enumerate(rng.sample(pools.get(kind, clean), per_kind)):
+            same = [r for r in clean if r["lang"] == original["lang"] and r["category"] == original["category"]
+                    and r["output"] != original["output"]]
+            if kind in ("contradiction", "translation_conflict"):
+                plant(kind, i, {**original, "output": rng.choice(same)["output"]})
+            elif kind == "garbage":
+                symbols = "!#$%&*+-/<=>?@^~|0123456789"
+                plant(kind, i, {**original, "instruction": f"{original['instruction']} ({i + 1})",
+                                "output": "".join(rng.choice(symbols) for _ in range(rng.randint(30, 90)))})
+            elif kind == "wrong_language":
+                other = [r for r in clean if r["lang"] != original["lang"] and r["category"] == original["category"]
+                         and sum(ch.isalpha() for ch in r["output"]) >= 6]  # "1707年。" is in no language
+                plant(kind, i, {**original, "instruction": f"{original['instruction']} ({i + 1})",
+                                "output": rng.choice(other)["output"]})
+            else:
+                words = original["output"].split() if original["lang"] == "en" else list(original["output"])
+                phrase = ("" if original["lang"] != "en" else " ").join(words[:4])
+                plant(kind, i, {**original, "instruction": f"{original['instruction']} ({i + 1})",
+                                "output": " ".join([phrase] * rng.randint(6, 10))})
+    records = clean + planted
+    rng.shuffle(records)
+    return records, kinds
+
+
+def precision_recall_at_k(ranked_ids: list[str], kinds: dict[str, str]) -> dict:
+    """Precision and recall over the top k = number planted, overall and recall per kind; and, for each
+    planted contradiction, whether the clean record it contradicts ranks below it."""
+    k = len(kinds)
+    top = set(ranked_ids[:k])
+    hits = top & set(kinds)
+    per_kind = {kind: sum(1 for i in hits if kinds[i] == kind) / max(1, sum(1 for v in kinds.values() if v == kind))
+                for kind in sorted(set(kinds.values()))}
+    return {"k": k, "precision": len(hits) / k, "recall": len(hits) / k, "recall_per_kind": per_kind}

@@ -3,8 +3,10 @@
 import math
 import random
 
+import pytest
+
 from bonsai.config import MonitorConfig
-from bonsai.data.checks import find_contradictions, find_language_mismatches, script_language
+from bonsai.data.checks import find_contradictions, find_language_mismatches, outvoted, script_language, written_in
 from bonsai.observe.monitor import SpikeDetector, strongest_action
 from bonsai.data.records import Record
 from conftest import sample_records
@@ -72,6 +74,22 @@ def test_script_language():
     assert script_language("3776") is None
 
 
+def test_kanji_only_japanese_is_not_called_chinese_and_other_latin_languages_are_named():
+    # Forms only Japanese writes (庁 駅 経 済 図) say ja; forms only Chinese writes (这 图 车) say zh;
+    # kanji common to both leave both open. A language identifier alone calls all of these Chinese.
+    assert written_in("経済産業省") == written_in("東京都庁") == written_in("駅前広場") == {"ja"}
+    assert written_in("这是什么车？") == written_in("图书馆") == {"zh"}
+    assert written_in("富士山") == written_in("北京大学") == {"ja", "zh"}
+    assert written_in("La capitale de la France est Paris, une ville ancienne et magnifique.") == {"fr"}
+    assert written_in("The capital of Brazil is Brasília.") == {"en"}  # too short to trust a Portuguese guess
+    base = dict(instruction="日本の省庁は？", input="", category="closed_qa", lang="ja")
+    records = [Record(id="term", output="経済産業省", **base), Record(id="mountain", output="富士山", **base),
+               Record(id="zh", output="这是中国的首都北京。", **base),
+               Record(id="fr", output="Le mont Fuji est la plus haute montagne du Japon, au sud-ouest de Tokyo.",
+                      **{**base, "lang": "en", "instruction": "Highest mountain in Japan?"})]
+    assert find_language_mismatches(records) == {"zh": "zh", "fr": "fr"}
+
+
 def test_contradictions_and_language_mismatches():
     base = dict(instruction="What is the capital of France?", input="", category="open_qa", lang="en")
     records = [Record(id="a", output="Paris.", **base), Record(id="b", output="Berlin.", **base),
@@ -121,3 +139,48 @@ def test_a_detector_restored_from_its_state_decides_as_the_original():
     assert (156, "loss_spike") in [(e.step, e.kind) for e in tail]
     fresh = SpikeDetector(cfg)
     assert not [e for i, l in enumerate(losses[150:]) for e in fresh.check(151 + i, l, 1.0)]
+
+
+def test_the_outvoted_side_of_a_contradiction_is_the_suspect_and_broken_text_is_named_without_a_model():
+    from bonsai.data.textmetrics import text_oddity
+    from bonsai.observe.report import score_records
+
+    base = dict(instruction="What is the capital of France?", input="", category="open_qa", lang="en")
+    records = [Record(id="right-1", output="The capital of France is Paris.", **base),
+               Record(id="right-2", output="The capital of France is Paris.", **base),
+               Record(id="wrong", output="The capital of France is Berlin.", **base),
+               Record(id="pair-a", output="Rome.", **{**base, "instruction": "Capital of Italy?"}),
+               Record(id="pair-b", output="Milan.", **{**base, "instruction": "Capital of Italy?"}),
+               Record(id="garbage", output="#$%& 0193 *+-/ <=>?@ ^~|q 7x8z", **{**base, "instruction": "Describe it."}),
+               Record(id="loop", output="I like tea. " * 6, **{**base, "instruction": "What do you like?"})]
+    assert outvoted(records) == {"wrong"}  # 1-to-1 (pair-a, pair-b) has no majority
+    table = {row["id"]: row for row in score_records(records, {}, [])}
+    assert table["wrong"]["why"].endswith("with another answer (outvoted)") and not table["right-1"]["why"]
+    assert table["pair-a"]["why"] and table["pair-b"]["why"]
+    assert table["garbage"]["odd_text"].startswith("output is") and "symbols and digits" in table["garbage"]["why"]
+    assert "repeats itself" in table["loop"]["why"]
+    assert text_oddity("3776 m") is None and text_oddity("The capital of France is Paris.") is None
+    assert not [r["id"] for r in sample_records() if text_oddity(r["output"])]  # no false alarm on the sample
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.05])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_suspect_ranking_finds_each_kind_of_planted_record_from_the_data_alone(seed, ratio):
+    """tests/planted.py's varied sets (wrong facts, conflicting translations, garbage, wrong language,
+    loops), ranked as the report ranks them before any training signal: the targets of issue 17
+    (>= 0.9 precision and recall at k = number planted, >= 0.8 recall for every kind) and the planted side
+    of a contradiction above the clean record it contradicts."""
+    from bonsai.data.records import Where, validate_record
+    from bonsai.observe.report import score_records
+    from planted import precision_recall_at_k, varied_planted_set
+
+    records, kinds = varied_planted_set(seed, ratio)
+    valid = [validate_record(r, Where("planted", i)) for i, r in enumerate(records, start=1)]
+    table = [row for row in score_records(valid, {}, []) if row["why"]]
+    figures = precision_recall_at_k([row["id"] for row in table], kinds)
+    assert figures["precision"] >= 0.9 and figures["recall"] >= 0.9, figures
+    assert min(figures["recall_per_kind"].values()) >= 0.8, figures
+    position = {row["id"]: i for i, row in enumerate(table)}
+    for row in table:
+        if kinds.get(row["id"]) in ("contradiction", "translation_conflict"):
+            assert all(position[row["id"]] < position.get(o, len(table)) for o in row["contradicts"]), row

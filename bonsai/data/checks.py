@@ -3,21 +3,59 @@
 from __future__ import annotations
 
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
+from functools import cache
 
 from bonsai.data.records import Record
 
-# Kana is Japanese-only; Han characters alone are Chinese unless kana appear; Latin letters are English.
+# Kana is Japanese-only; Latin letters are English (unless the language identifier is sure of another
+# Latin-script language); Han characters alone are told apart by the forms only one of the two writes.
 _KANA = ((0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F))
 _HAN = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF))
+# lingua on a Latin-script text: trusted only on a sentence of some length (on the sample, a 6-word
+# English answer naming a foreign place scored 0.59 Portuguese; on its 69 English texts of 8+ words
+# English ranks first, at >= 0.25) and when another language clearly leads.
+LATIN_MIN_WORDS = 8
+LATIN_MIN_CONFIDENCE = 0.5
+LATIN_MAX_ENGLISH = 0.1
+HAN_SENTENCE = 8
+# An answer "is" another's when it holds that answer's distinctive part and most of its words or characters
+# (common CJK characters alone are everywhere).
+BORROWED_MIN_JACCARD = 0.5
 
 
 def _in(ranges, code: int) -> bool:
     return any(lo <= code <= hi for lo, hi in ranges)
 
 
-def script_language(text: str) -> str | None:
-    """ja, zh or en from the script of the letters in `text`; None when there are too few to tell."""
+@cache
+def _encodable(ch: str, codec: str) -> bool:
+    try:
+        ch.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def han_language(text: str) -> str | None:
+    """ja or zh from Han characters alone, by the forms only one language writes: Japanese shinjitai and
+    kokuji (駅 図 気 庁 働: in JIS X 0208, in neither GB 2312 nor Big5) against Chinese simplified or
+    traditional forms Japanese does not use (这 图 车 臺: in GB 2312 or Big5, not in JIS). None when the
+    characters are common to both (富士山, 北京大学): a language identifier calls those Chinese, which
+    would flag every kanji-only Japanese answer."""
+    ja = zh = 0
+    for ch in text:
+        if not _in(_HAN, ord(ch)):
+            continue
+        in_jis = _encodable(ch, "euc_jp")
+        if in_jis and not _encodable(ch, "gb2312") and not _encodable(ch, "big5"):
+            ja += 1
+        elif not in_jis and (_encodable(ch, "gb2312") or _encodable(ch, "big5")):
+            zh += 1
+    return "ja" if ja > zh else "zh" if zh > ja else None
+
+
+def _letters(text: str) -> tuple[int, int, int]:
     kana = han = latin = 0
     for ch in text:
         code = ord(ch)
@@ -27,15 +65,58 @@ def script_language(text: str) -> str | None:
             han += 1
         elif ch.isascii() and ch.isalpha():
             latin += 1
+    return kana, han, latin
+
+
+def written_in(text: str) -> set[str] | None:
+    """The languages `text` may be written in, as far as its letters tell: {"ja"}, {"zh"}, {"ja", "zh"}
+    (Han characters common to both), {"en"}, or another Latin-script language lingua is sure of
+    ({"fr"}, ...). None when there are too few letters to tell."""
+    kana, han, latin = _letters(text)
     letters = kana + han + latin
     if letters < 3:
         return None
     # Japanese text mixes kanji with kana; a few kana among many Han characters is still Japanese.
     if kana and kana >= 0.1 * (kana + han):
-        return "ja"
+        return {"ja"}
     if han > latin:
-        return "zh"
-    return "en" if latin > 0.5 * letters else None
+        if told := han_language(text):
+            return {told}
+        # No telling form: a short run of kanji is a Japanese name or term as often as Chinese, but a
+        # Japanese sentence of HAN_SENTENCE characters without one kana is rare.
+        return {"zh"} if han >= HAN_SENTENCE else {"ja", "zh"}
+    if latin > 0.5 * letters:
+        return {_latin_language(text)}
+    return None
+
+
+def script_language(text: str) -> str | None:
+    """One guess, for where a label must be made up (`bonsai data convert`, `bonsai generate`): ja, zh
+    (Han characters common to both count as Chinese) or en; None when there are too few letters."""
+    seen = written_in(text)
+    if not seen:
+        return None
+    return "zh" if seen == {"ja", "zh"} else next(iter(seen))
+
+
+@cache
+def _latin_detector():
+    from lingua import Language, LanguageDetectorBuilder
+
+    latin = [Language.ENGLISH, Language.FRENCH, Language.GERMAN, Language.SPANISH, Language.ITALIAN,
+             Language.PORTUGUESE, Language.DUTCH, Language.INDONESIAN]
+    return LanguageDetectorBuilder.from_languages(*latin).build()
+
+
+def _latin_language(text: str) -> str:
+    """en, unless the text is long enough to judge and lingua is sure it is another language."""
+    if len(text.split()) < LATIN_MIN_WORDS:
+        return "en"
+    confidence = {c.language.iso_code_639_1.name.lower(): c.value
+                  for c in _latin_detector().compute_language_confidence_values(text)}
+    best = max(confidence, key=confidence.get)
+    sure = confidence[best] >= LATIN_MIN_CONFIDENCE and confidence["en"] <= LATIN_MAX_ENGLISH
+    return best if best != "en" and sure else "en"
 
 
 def normalise(text: str) -> str:
@@ -57,15 +138,94 @@ def find_contradictions(records: list[Record]) -> dict[str, list[str]]:
     return out
 
 
+def outvoted(records: list[Record]) -> set[str]:
+    """Of contradicting records, those whose answer loses a vote: where one answer to an instruction is
+    given by more records than any other, the records giving another. A 1-to-1 contradiction has no
+    majority and leaves both sides in."""
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[(normalise(r.instruction), normalise(r.input))].append(r)
+    out = set()
+    for group in groups.values():
+        votes = Counter(normalise(r.output) for r in group)
+        if len(votes) < 2:
+            continue
+        (best, top), (_, second) = votes.most_common(2)
+        if top > second:
+            out |= {r.id for r in group if normalise(r.output) != best}
+    return out
+
+
+def _content(text: str) -> set[str]:
+    """The words (Latin) and characters (CJK) of a text, without punctuation: what an answer says."""
+    from bonsai.data.textmetrics import units  # here, not at the top: textmetrics imports normalise from here
+
+    return {u for u in units(normalise(text)) if any(ch.isalnum() for ch in u)}
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
+    """Of contradicting records, those whose answer says what another question's answer says: the part
+    of the answer not shared with the records it contradicts ("Berlin" against "Paris") is found in the
+    answer of a record with another instruction. A wrong fact is often a right one moved to the wrong
+    question (the capital of another country, the year of another event). id -> that record's id."""
+    if not contradictions:
+        return {}
+    content: dict[str, set[str]] = {r.id: _content(r.output) for r in records}
+    question = {r.id: (normalise(r.instruction), normalise(r.input)) for r in records}
+    holders: dict[str, set[str]] = defaultdict(set)  # word or character -> ids of the answers that hold it
+    for rid, units in content.items():
+        for unit in units:
+            holders[unit].add(rid)
+    found = {}
+    for rid, others in contradictions.items():
+        own = content[rid] - set().union(*(content[o] for o in others))
+        if not own:
+            continue
+        candidates = set.intersection(*(holders[u] for u in own))
+        source = next((c for c in sorted(candidates) if question[c] != question[rid]
+                       and _jaccard(content[rid], content[c]) >= BORROWED_MIN_JACCARD), None)
+        if source:
+            found[rid] = source
+    return found
+
+
+def translation_support(records: list[Record]) -> set[str]:
+    """Translations the rest of the data agrees with: a record translating I into O where other
+    translation records link I and O, directly (O translated back into I) or through a third language
+    (I and O both translated to or from one other text). A record's own instruction-and-input group is
+    left out, so of two translations of I that disagree, only one the data backs counts."""
+    edges: dict[str, list[tuple[str, tuple[str, str]]]] = defaultdict(list)
+    translations = [r for r in records if r.category == "translation"]
+    for r in translations:
+        a, b, group = normalise(r.input), normalise(r.output), (normalise(r.instruction), normalise(r.input))
+        edges[a].append((b, group))
+        edges[b].append((a, group))
+
+    def neighbours(text: str, skip: tuple[str, str]) -> set[str]:
+        return {other for other, group in edges[text] if group != skip}
+
+    supported = set()
+    for r in translations:
+        a, b, group = normalise(r.input), normalise(r.output), (normalise(r.instruction), normalise(r.input))
+        near = neighbours(a, group)
+        if b in near or near & neighbours(b, group):
+            supported.add(r.id)
+    return supported
+
+
 def language_mismatches(records: list[Record]) -> list[tuple[Record, str, str, str]]:
-    """(record, field, labelled, seen by script) wherever a text's script disagrees with its label:
+    """(record, field, labelled, written in) wherever a text's letters disagree with its label:
     the output against `lang`, and a translation's input against `source_lang`."""
     found = []
     for r in records:
-        if (seen := script_language(r.output)) is not None and seen != r.lang:
-            found.append((r, "output", r.lang, seen))
-        if r.category == "translation" and (seen := script_language(r.input)) and seen != r.source_lang:
-            found.append((r, "input", r.source_lang, seen))
+        if (seen := written_in(r.output)) and r.lang not in seen:
+            found.append((r, "output", r.lang, "/".join(sorted(seen))))
+        if r.category == "translation" and (seen := written_in(r.input)) and r.source_lang not in seen:
+            found.append((r, "input", r.source_lang, "/".join(sorted(seen))))
     return found
 
 

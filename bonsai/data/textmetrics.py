@@ -71,6 +71,27 @@ def repetition_metrics(text: str) -> dict[str, float]:
     }
 
 
+ODD_MIN_CHARS = 20  # shorter answers ("3776 m", "1964") are not judged by their letters
+ODD_MAX_LETTER_SHARE = 0.5
+ODD_MIN_UNITS = 6  # "Yes. Yes. Yes. Yes. Yes. Yes." loops too
+ODD_MIN_REPEATED_3GRAMS = 0.5
+
+
+def text_oddity(text: str) -> str | None:
+    """Why an answer looks broken by its text alone, or None: mostly symbols and digits (garbage), or a
+    loop (most of its 3-grams repeat an earlier one). Judged without a model, so it needs no training
+    signal: a garbage record the model never learns and never spikes on is still named."""
+    visible = [ch for ch in text if not ch.isspace()]
+    if len(visible) >= ODD_MIN_CHARS:
+        share = sum(ch.isalpha() for ch in visible) / len(visible)
+        if share < ODD_MAX_LETTER_SHARE:
+            return f"output is {1 - share:.0%} symbols and digits"
+    seq = units(text)
+    if len(seq) >= ODD_MIN_UNITS and (ratio := repeated_ngram_ratio(seq, 3)) >= ODD_MIN_REPEATED_3GRAMS:
+        return f"output repeats itself ({ratio:.0%} of its 3-grams are repeats)"
+    return None
+
+
 def quality_metrics(category: str, output: str, reference: str | None) -> dict[str, float]:
     """exact/contains (the reference appears in the output) for questions with one right answer, chrF for
     translation. Other categories (creative, brainstorming, ...) have no single right answer."""

@@ -6,7 +6,11 @@ A record's suspicion score adds up independent evidence:
   and MAD), since a record the model cannot learn while its peers are learned is noise or a mistake;
 - `spike_batches`: how many instability events caught it among the top third of its batch by loss;
 - `contradicts`: records with the same instruction and input but another answer;
-- `script_says`: the language its output is written in, where that differs from its `lang` label.
+- `script_says`: the language its output is written in, where that differs from its `lang` label;
+- `odd_text`: an answer that is mostly symbols and digits, or loops (no model needed).
+Where the rest of the data takes a side in a contradiction (more records give one answer; one of two
+translations of a text is linked to it by other translation records; one side's answer is another question's), only the
+other side counts as contradicting.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from bonsai.config import load_config
-from bonsai.data.checks import find_contradictions, find_language_mismatches
+from bonsai.data.checks import borrowed_answers, find_contradictions, find_language_mismatches, outvoted, translation_support
+from bonsai.data.textmetrics import text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
 from bonsai.rundir import RunDir
@@ -26,7 +31,12 @@ from bonsai.data.exclude import read_exclusions
 from bonsai.data.records import Record
 
 SPIKE_WEIGHT = 2.0  # one spike batch counts as much as 2 sigma of excess loss
-FLAG_WEIGHT = 5.0  # a contradiction or a wrong language label is strong evidence on its own
+FLAG_WEIGHT = 5.0  # a contradiction, a wrong language label or broken text is strong evidence on its own
+# The training signal orders records but never outweighs a flag from the data: late in a run most records
+# are memorised, the MAD of a category's loss is tiny and a merely hard record reaches z 10+ (on planted
+# sets, uncapped loss put clean records above every plant). Together they stay below FLAG_WEIGHT.
+LOSS_Z_CAP = 2.5
+SPIKE_CAP = 1
 TOP_N = 20
 LOSS_Z_REASON = 3.0  # excess loss is named as a reason (and makes a suspect) above this robust z
 
@@ -58,28 +68,43 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         for row in rows[: max(1, len(rows) // 3)]:
             spikes[row["id"]] += 1
     contradictions = find_contradictions(records)
+    # Where the rest of the data takes a side (one answer given by more records; a translation that the
+    # data translates back), only the other side is suspect.
+    trips, borrowed = translation_support(records), borrowed_answers(records, contradictions)
+    losing = outvoted(records) | {i for i in contradictions if i not in trips and any(o in trips for o in contradictions[i])}
+    losing |= {i for i in borrowed if not all(o in borrowed for o in contradictions[i])}
+    backed = {i for i in contradictions if i not in losing and any(o in losing for o in contradictions[i])}
     mismatches = find_language_mismatches(records)
+    oddities = {r.id: why for r in records if (why := text_oddity(r.output))}
     table = []
     for r in records:
         s = stats.get(r.id)
         loss = s["ema_loss"] if s and s.get("ema_loss") is not None else None
         loss_z = (loss - center[r.category]) / spread[r.category] if loss is not None else 0.0
-        score = max(loss_z, 0.0) + SPIKE_WEIGHT * spikes[r.id]
-        score += FLAG_WEIGHT * (r.id in contradictions) + FLAG_WEIGHT * (r.id in mismatches)
+        score = min(max(loss_z, 0.0), LOSS_Z_CAP) + SPIKE_WEIGHT * min(spikes[r.id], SPIKE_CAP)
+        contradicted = r.id in contradictions and r.id not in backed
+        # A contradiction the data takes no side in is wrong on one of its two sides: half the weight.
+        side = 1.0 if r.id in losing else 0.5
+        score += FLAG_WEIGHT * (side * contradicted + (r.id in mismatches) + (r.id in oddities))
         why = []
         if loss_z > LOSS_Z_REASON:
             why.append(f"loss {loss:.2f} vs {r.category} median {center[r.category]:.2f} (z {loss_z:.1f})")
         if spikes[r.id]:
             why.append(f"in {spikes[r.id]} spike batch(es)")
-        if r.id in contradictions:
-            why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer")
+        if contradicted:
+            outvote = (f" (its answer is {borrowed[r.id]}'s)" if r.id in borrowed and r.id in losing
+                       else " (outvoted)" if r.id in losing else "")
+            why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer{outvote}")
+        if r.id in oddities:
+            why.append(oddities[r.id])
         if r.id in mismatches:
             why.append(f"labelled {r.lang} but written in {mismatches[r.id]}")
         table.append({
             "id": r.id, "category": r.category, "lang": r.lang, "score": round(score, 3),
             "loss": loss, "category_median_loss": center.get(r.category), "loss_z": round(loss_z, 3),
             "seen": s["seen"] if s else 0, "spike_batches": spikes[r.id],
-            "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id), "why": "; ".join(why),
+            "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id),
+            "odd_text": oddities.get(r.id), "why": "; ".join(why),
         })
     table.sort(key=lambda row: row["score"], reverse=True)
     return table
