@@ -23,7 +23,8 @@ import numpy as np
 
 from bonsai.data.records import CATEGORIES, LANGUAGES
 from bonsai.robust import by_group
-from bonsai.data.checks import find_contradictions, language_mismatches, normalise
+from bonsai.data.checks import find_contradictions, language_mismatches
+from bonsai.data.textmetrics import normalise
 from bonsai.data.dataset import read_records
 from bonsai.data.records import Record
 from bonsai.data.textmetrics import units

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter, defaultdict
 from functools import cache
 
 from bonsai.data.records import Record
+from bonsai.data.textmetrics import normalise, units
 
 # Kana is Japanese-only; Latin letters are English (unless the language identifier is sure of another
 # Latin-script language); Han characters alone are told apart by the forms only one of the two writes.
@@ -119,10 +119,6 @@ def _latin_language(text: str) -> str:
     return best if best != "en" and sure else "en"
 
 
-def normalise(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
 def find_contradictions(records: list[Record]) -> dict[str, list[str]]:
     """Records whose instruction and input match another record's but whose output differs:
     id -> ids of the records it contradicts."""
@@ -158,8 +154,6 @@ def outvoted(records: list[Record]) -> set[str]:
 
 def _content(text: str) -> set[str]:
     """The words (Latin) and characters (CJK) of a text, without punctuation: what an answer says."""
-    from bonsai.data.textmetrics import units  # here, not at the top: textmetrics imports normalise from here
-
     return {u for u in units(normalise(text)) if any(ch.isalnum() for ch in u)}
 
 
@@ -177,8 +171,8 @@ def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]
     content: dict[str, set[str]] = {r.id: _content(r.output) for r in records}
     question = {r.id: (normalise(r.instruction), normalise(r.input)) for r in records}
     holders: dict[str, set[str]] = defaultdict(set)  # word or character -> ids of the answers that hold it
-    for rid, units in content.items():
-        for unit in units:
+    for rid, said in content.items():
+        for unit in said:
             holders[unit].add(rid)
     found = {}
     for rid, others in contradictions.items():

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import unicodedata
 
-from bonsai.data.checks import normalise
+
+
+def normalise(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: the form two texts are compared in."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def units(text: str) -> list[str]:

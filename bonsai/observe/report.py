@@ -106,7 +106,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
             "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id),
             "odd_text": oddities.get(r.id), "why": "; ".join(why),
         })
-    table.sort(key=lambda row: row["score"], reverse=True)
+    table.sort(key=lambda row: (row["score"], row["loss_z"]), reverse=True)  # z orders what the caps tie
     return table
 
 
