@@ -54,6 +54,22 @@ def read_record_stats(run_dir: Path) -> dict[str, dict]:
     return merged
 
 
+def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
+    """The contradicting records the rest of the data rejects, with why: their answer is outvoted, their
+    translation is the one other translation records do not link to its source, or their answer is
+    another question's. Only these (or, where the data takes no side, both sides) are suspects."""
+    rejected = {i: "outvoted" for i in outvoted(records)}
+    linked = translation_support(records)
+    for i, others in contradictions.items():
+        if i not in linked and any(o in linked for o in others):
+            rejected.setdefault(i, "other translations link its source to another answer")
+    borrowed = borrowed_answers(records, contradictions)
+    for i, source in borrowed.items():
+        if not all(o in borrowed for o in contradictions[i]):
+            rejected.setdefault(i, f"its answer is {source}'s")
+    return rejected
+
+
 def score_records(records: list[Record], stats: dict[str, dict], events: list[dict]) -> list[dict]:
     by_category: dict[str, list[float]] = defaultdict(list)
     for s in stats.values():
@@ -68,12 +84,8 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         for row in rows[: max(1, len(rows) // 3)]:
             spikes[row["id"]] += 1
     contradictions = find_contradictions(records)
-    # Where the rest of the data takes a side (one answer given by more records; a translation that the
-    # data translates back), only the other side is suspect.
-    trips, borrowed = translation_support(records), borrowed_answers(records, contradictions)
-    losing = outvoted(records) | {i for i in contradictions if i not in trips and any(o in trips for o in contradictions[i])}
-    losing |= {i for i in borrowed if not all(o in borrowed for o in contradictions[i])}
-    backed = {i for i in contradictions if i not in losing and any(o in losing for o in contradictions[i])}
+    rejected = rejected_sides(records, contradictions)
+    backed = {i for i in contradictions if i not in rejected and any(o in rejected for o in contradictions[i])}
     mismatches = find_language_mismatches(records)
     oddities = {r.id: why for r in records if (why := text_oddity(r.output))}
     table = []
@@ -84,7 +96,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         score = min(max(loss_z, 0.0), LOSS_Z_CAP) + SPIKE_WEIGHT * min(spikes[r.id], SPIKE_CAP)
         contradicted = r.id in contradictions and r.id not in backed
         # A contradiction the data takes no side in is wrong on one of its two sides: half the weight.
-        side = 1.0 if r.id in losing else 0.5
+        side = 1.0 if r.id in rejected else 0.5
         score += FLAG_WEIGHT * (side * contradicted + (r.id in mismatches) + (r.id in oddities))
         why = []
         if loss_z > LOSS_Z_REASON:
@@ -92,9 +104,8 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         if spikes[r.id]:
             why.append(f"in {spikes[r.id]} spike batch(es)")
         if contradicted:
-            outvote = (f" (its answer is {borrowed[r.id]}'s)" if r.id in borrowed and r.id in losing
-                       else " (outvoted)" if r.id in losing else "")
-            why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer{outvote}")
+            verdict = f" ({rejected[r.id]})" if r.id in rejected else ""
+            why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer{verdict}")
         if r.id in oddities:
             why.append(oddities[r.id])
         if r.id in mismatches:
