@@ -23,7 +23,7 @@ import numpy as np
 
 from bonsai.data.records import CATEGORIES, LANGUAGES
 from bonsai.robust import by_group
-from bonsai.data.checks import find_contradictions, language_mismatches
+from bonsai.data.checks import find_contradictions, jaccard, language_mismatches
 from bonsai.data.textmetrics import normalise
 from bonsai.data.dataset import read_records
 from bonsai.data.records import Record
@@ -71,10 +71,6 @@ def _shingles(text: str, size: int) -> set[str]:
     return {text[i : i + size] for i in range(max(1, len(text) - size + 1))}
 
 
-def _jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a | b else 1.0
-
-
 def minhash_signatures(texts: list[str]) -> np.ndarray:
     rng = np.random.default_rng(0)
     a = rng.integers(1, MERSENNE, NUM_PERM, dtype=np.int64)
@@ -112,7 +108,7 @@ def near_duplicate_pairs(records: list[Record]) -> list[tuple[int, int, float]]:
     for i, j in sorted(candidates):
         # Instruction, input and answer must each match: the same instruction with another input (a
         # classification set, say) is a new record, not a copy.
-        score = min(_jaccard(a, b) for a, b in zip(shingled(i), shingled(j)))
+        score = min(jaccard(a, b) for a, b in zip(shingled(i), shingled(j)))
         if score >= NEAR_DUPLICATE_JACCARD:
             pairs.append((i, j, round(score, 3)))
     return pairs

@@ -119,14 +119,23 @@ def _latin_language(text: str) -> str:
     return best if best != "en" and sure else "en"
 
 
+def question_of(r: Record) -> tuple[str, str]:
+    """What a record asks: its instruction and input, normalised."""
+    return normalise(r.instruction), normalise(r.input)
+
+
+def _by_question(records: list[Record]) -> list[list[Record]]:
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[question_of(r)].append(r)
+    return list(groups.values())
+
+
 def find_contradictions(records: list[Record]) -> dict[str, list[str]]:
     """Records whose instruction and input match another record's but whose output differs:
     id -> ids of the records it contradicts."""
-    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
-    for r in records:
-        groups[(normalise(r.instruction), normalise(r.input))].append(r)
     out: dict[str, list[str]] = {}
-    for group in groups.values():
+    for group in _by_question(records):
         outputs = {normalise(r.output) for r in group}
         if len(outputs) > 1:
             for r in group:
@@ -138,11 +147,8 @@ def outvoted(records: list[Record]) -> set[str]:
     """Of contradicting records, those whose answer loses a vote: where one answer to an instruction is
     given by more records than any other, the records giving another. A 1-to-1 contradiction has no
     majority and leaves both sides in."""
-    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
-    for r in records:
-        groups[(normalise(r.instruction), normalise(r.input))].append(r)
     out = set()
-    for group in groups.values():
+    for group in _by_question(records):
         votes = Counter(normalise(r.output) for r in group)
         if len(votes) < 2:
             continue
@@ -157,8 +163,8 @@ def _content(text: str) -> set[str]:
     return {u for u in units(normalise(text)) if any(ch.isalnum() for ch in u)}
 
 
-def _jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 0.0
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
 
 
 def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
@@ -169,7 +175,7 @@ def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]
     if not contradictions:
         return {}
     content: dict[str, set[str]] = {r.id: _content(r.output) for r in records}
-    question = {r.id: (normalise(r.instruction), normalise(r.input)) for r in records}
+    question = {r.id: question_of(r) for r in records}
     holders: dict[str, set[str]] = defaultdict(set)  # word or character -> ids of the answers that hold it
     for rid, said in content.items():
         for unit in said:
@@ -181,7 +187,7 @@ def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]
             continue
         candidates = set.intersection(*(holders[u] for u in own))
         source = next((c for c in sorted(candidates) if question[c] != question[rid]
-                       and _jaccard(content[rid], content[c]) >= BORROWED_MIN_JACCARD), None)
+                       and jaccard(content[rid], content[c]) >= BORROWED_MIN_JACCARD), None)
         if source:
             found[rid] = source
     return found
@@ -195,7 +201,7 @@ def translation_support(records: list[Record]) -> set[str]:
     edges: dict[str, list[tuple[str, tuple[str, str]]]] = defaultdict(list)
     translations = [r for r in records if r.category == "translation"]
     for r in translations:
-        a, b, group = normalise(r.input), normalise(r.output), (normalise(r.instruction), normalise(r.input))
+        a, b, group = normalise(r.input), normalise(r.output), question_of(r)
         edges[a].append((b, group))
         edges[b].append((a, group))
 
@@ -204,7 +210,7 @@ def translation_support(records: list[Record]) -> set[str]:
 
     supported = set()
     for r in translations:
-        a, b, group = normalise(r.input), normalise(r.output), (normalise(r.instruction), normalise(r.input))
+        a, b, group = normalise(r.input), normalise(r.output), question_of(r)
         near = neighbours(a, group)
         if b in near or near & neighbours(b, group):
             supported.add(r.id)
