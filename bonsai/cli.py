@@ -210,6 +210,11 @@ def run() -> None:
     code = main()
     import logging
 
+    if code == 0 and "TORCHELASTIC_RUN_ID" in os.environ:
+        from bonsai.train.distributed import leave_after_other_machines
+
+        leave_after_other_machines()
+
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

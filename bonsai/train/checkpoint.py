@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bonsai.config import BonsaiConfig, save_resolved
 from bonsai.train.distributed import Dist
-from bonsai.errors import CheckpointMismatch, CheckpointWriteError
+from bonsai.errors import CheckpointWriteError
 from bonsai.io import write_json
 from bonsai.rundir import RunDir
 from bonsai.data.stream import StreamPosition

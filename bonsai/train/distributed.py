@@ -150,3 +150,36 @@ def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
             f"(this is rank {dist.rank}); check the launch config's num_processes and the process-group backend"
         )
     return dist
+
+
+# torch.distributed.elastic's exit barrier, as the agents write it into the first machine's store
+# (torch/distributed/elastic/agent/server/api.py and utils/store.py, torch 2.x).
+_AGENT_EXIT_COUNT = "{run_id}/torchelastic/agent/terminal_state/num_members"
+
+
+def leave_after_other_machines(timeout_s: float = 10.0) -> None:
+    """Called by a process that finished cleanly, last thing before it exits.
+
+    The launchers' agents (torchrun under `accelerate launch`, one per machine) meet at an exit barrier
+    held in the first machine's store. When the first machine's agent is not the last to arrive it
+    leaves, and shuts that store down, while another machine's agent still waits on it: that machine
+    then prints a traceback after a finished run (pytorch/pytorch#69520). So the first machine's local
+    rank 0 waits until every other machine's agent has arrived; its own agent then arrives last and
+    releases the others. Bounded: if the store or its keys differ, it gives up after timeout_s."""
+    env = os.environ
+    machines = int(env.get("GROUP_WORLD_SIZE", "1"))
+    if machines < 2 or env.get("GROUP_RANK") != "0" or env.get("LOCAL_RANK") != "0" or "TORCHELASTIC_RUN_ID" not in env:
+        return
+    import time
+
+    key = _AGENT_EXIT_COUNT.format(run_id=env["TORCHELASTIC_RUN_ID"])
+    deadline = time.monotonic() + timeout_s
+    try:
+        store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False,
+                                           timeout=timedelta(seconds=timeout_s))
+        while store.add(key, 0) < machines - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # An agent counts itself in, then waits on the barrier's key: give that wait time to be asked.
+        time.sleep(0.5)
+    except (RuntimeError, KeyError, ValueError):  # the store is gone: nothing left to order
+        return
