@@ -18,12 +18,12 @@ from bonsai.data.stream import StreamPosition
 from bonsai.data.template import encode_record
 
 
-def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int) -> dict[str, float]:
+def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int, prefix: str = "loss") -> dict[str, float]:
     device = next(model.parameters()).device
     docs = [Document(r, encode_record(tokenizer, r), Where("eval", i), StreamPosition(0, i)) for i, r in enumerate(records)]
     batches = [collate([Row([d]) for d in docs[start : start + batch_size]], tokenizer.pad_token_id)
                for start in range(0, len(docs), batch_size)]
-    return breakdown_metrics("loss", eval_loss_sums(model, batches, device, tokenizer.pad_token_id).tolist())
+    return breakdown_metrics(prefix, eval_loss_sums(model, batches, device, tokenizer.pad_token_id).tolist())
 
 
 def evaluate_model(path: str, records: list[Record], decode: DecodeConfig, generate_limit: int) -> dict:
