@@ -163,6 +163,27 @@ def test_the_outvoted_side_of_a_contradiction_is_the_suspect_and_broken_text_is_
     assert not [r["id"] for r in sample_records() if text_oddity(r["output"])]  # no false alarm on the sample
 
 
+def test_the_answer_its_input_does_not_state_is_the_rejected_side_even_when_both_echo_other_answers():
+    """tests/planted.py seed 1 at 5 %: a wrong fact that is another question's answer ("2時間半です。"),
+    against a right one that its translation in another record also says ("1707年"): both echo another
+    question's answer, so only the input, which states 1707, takes a side."""
+    from bonsai.observe.report import rejected_sides, score_records
+
+    base = dict(instruction="富士山が最後に噴火したのはいつですか？", input="富士山は本州にある活火山です。最後の噴火は1707年でした。",
+                category="closed_qa", lang="ja")
+    records = [Record(id="right", output="1707年です。", **base),
+               Record(id="wrong", output="2時間半です。", **base),
+               Record(id="other-question", output="2時間半です。", **{**base, "instruction": "映画の長さは？",
+                                                                      "input": "映画は2時間半です。"}),
+               Record(id="right-in-zh", output="1707年。", **{**base, "instruction": "富士山最后一次喷发是什么时候？",
+                                                              "input": "富士山最后一次喷发是在1707年。", "lang": "zh"})]
+    contradictions = find_contradictions(records)
+    assert set(contradictions) == {"right", "wrong"}
+    assert rejected_sides(records, contradictions) == {"wrong": "its answer is not in the input; right's is"}
+    table = {row["id"]: row for row in score_records(records, {}, [])}
+    assert table["wrong"]["why"] and not table["right"]["why"]
+
+
 @pytest.mark.parametrize("ratio", [0.01, 0.05])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_suspect_ranking_finds_each_kind_of_planted_record_from_the_data_alone(seed, ratio):

@@ -193,6 +193,29 @@ def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]
     return found
 
 
+def ungrounded(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
+    """Of contradicting records that answer from a context (an input; translations aside, whose input
+    is the source text), those whose answer is not in it while the answer of a record they contradict
+    is: what it says beyond the other answers ("2時間半" against "1707年") appears nowhere in the input
+    the question gives. id -> the grounded record's id."""
+    by_id = {r.id: r for r in records}
+
+    def grounded(rid: str, others: list[str]) -> bool:
+        record = by_id[rid]
+        own = _content(record.output) - set().union(*(_content(by_id[o].output) for o in others))
+        return bool(own) and own <= _content(record.input)
+
+    found = {}
+    for rid, others in contradictions.items():
+        record = by_id[rid]
+        if not record.input.strip() or record.category == "translation" or grounded(rid, others):
+            continue
+        source = next((o for o in sorted(others) if grounded(o, contradictions.get(o, [rid]))), None)
+        if source:
+            found[rid] = source
+    return found
+
+
 def translation_support(records: list[Record]) -> set[str]:
     """Translations the rest of the data agrees with: a record translating I into O where other
     translation records link I and O, directly (O translated back into I) or through a third language

@@ -20,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from bonsai.config import load_config
-from bonsai.data.checks import borrowed_answers, find_contradictions, find_language_mismatches, outvoted, translation_support
+from bonsai.data.checks import (borrowed_answers, find_contradictions, find_language_mismatches, outvoted,
+                                 translation_support, ungrounded)
 from bonsai.data.textmetrics import text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
@@ -56,16 +57,21 @@ def read_record_stats(run_dir: Path) -> dict[str, dict]:
 
 def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
     """The contradicting records the rest of the data rejects, with why: their answer is outvoted, their
-    translation is the one other translation records do not link to its source, or their answer is
-    another question's. Only these (or, where the data takes no side, both sides) are suspects."""
+    translation is the one other translation records do not link to its source, their answer is not in
+    the input that grounds the other side's, or their answer is another question's. Only these (or,
+    where the data takes no side, both sides) are suspects."""
     rejected = {i: "outvoted" for i in outvoted(records)}
     linked = translation_support(records)
     for i, others in contradictions.items():
         if i not in linked and any(o in linked for o in others):
             rejected.setdefault(i, "other translations link its source to another answer")
+    off_context = ungrounded(records, contradictions)
+    for i, source in off_context.items():
+        rejected.setdefault(i, f"its answer is not in the input; {source}'s is")
     borrowed = borrowed_answers(records, contradictions)
     for i, source in borrowed.items():
-        if not all(o in borrowed for o in contradictions[i]):
+        # An answer its own input states is not a borrowed one, whatever other question also says it.
+        if i not in off_context.values() and not all(o in borrowed for o in contradictions[i]):
             rejected.setdefault(i, f"its answer is {source}'s")
     return rejected
 
