@@ -84,3 +84,57 @@ def test_parquet_shards(tmp_path, tokenizer):
     docs = list(data.documents("train", StreamPosition(), 1))
     assert sorted(d.record.id for d in docs) == sorted(r["id"] for r in records)
     assert {d.where.path.rsplit("/", 1)[-1] for d in docs} == {"a.parquet", "b.parquet"}
+
+
+def _shards_with_blank_lines_and_parquet(directory):
+    """Three JSONL shards (with blank lines between records) and a Parquet shard of 50-row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"id": f"r{i}", "instruction": f"q{i}", "input": "", "output": "a", "category": "open_qa",
+                "lang": "en"} for i in range(700)]
+    for s in range(3):
+        (directory / f"p{s}.jsonl").write_text("\n\n".join(json.dumps(r) for r in records[s:500:3]) + "\n")
+    pq.write_table(pa.Table.from_pylist(records[500:]), directory / "p9.parquet", row_group_size=50)
+    return list_shards(str(directory))
+
+
+def _walk(shards, start, rank, world, window, layouts=None):
+    from bonsai.data.stream import rank_items
+
+    return [(p.epoch, p.taken, w.path, w.line, p.seek)
+            for p, w, _ in rank_items(shards, seed=3, window=window, rank=rank, world_size=world, start=start,
+                                      epochs=2 - start.epoch, layouts=layouts)]
+
+
+@pytest.mark.parametrize("world", [1, 3])
+@pytest.mark.parametrize("window", [1, 64])
+def test_a_resume_seeks_to_its_window_and_reads_the_same_items(tmp_path, world, window):
+    """A position carries where its shuffle window starts (shard, byte offset or Parquet row, line): a
+    resume reads from there, not from the epoch's start, and yields exactly what an uninterrupted read
+    yields after that position, also after a resize's layout and from a row's `next()` position."""
+    from bonsai.data.elastic import EpochLayout
+
+    shards = _shards_with_blank_lines_and_parquet(tmp_path)
+    for layouts in (None, {0: EpochLayout(100, (105, 130, 131))}):
+        for rank in range(world):
+            full = _walk(shards, StreamPosition(), rank, world, window, layouts)
+            for cut in (1, 7, len(full) // 2, len(full) - 2):
+                epoch, taken, *_, seek = full[cut]
+                assert seek is not None
+                for start, expected in ((StreamPosition(epoch, taken, seek=seek), full[cut:]),
+                                        (StreamPosition(epoch, taken, seek=seek).next(), full[cut + 1:])):
+                    resumed = _walk(shards, StreamPosition.from_dict(start.to_dict()), rank, world, window, layouts)
+                    assert [r[:4] for r in resumed] == [r[:4] for r in expected], (layouts, rank, cut)
+            # the later the position, the later the reading starts: no bytes before its window are read
+            late = full[-2][4]
+            assert late.window * window > 700 // 2 and (late.offset > 0 or late.order > 0)  # 700 items an epoch
+
+
+def test_a_seek_for_other_data_is_not_used(tmp_path):
+    from bonsai.data.stream import Seek
+
+    shards = _shards_with_blank_lines_and_parquet(tmp_path)
+    full = _walk(shards, StreamPosition(), 0, 1, 8)
+    stale = StreamPosition(0, 40, seek=Seek(window=5, order=0, shard="file:///elsewhere/p0.jsonl", offset=999, line=9))
+    assert [r[:4] for r in _walk(shards, stale, 0, 1, 8)] == [r[:4] for r in full[40:]]

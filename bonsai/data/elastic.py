@@ -39,6 +39,12 @@ class EpochLayout:
         at = bisect.bisect_left(self.done, index)
         return at == len(self.done) or self.done[at] != index
 
+    def remaining_before(self, index: int) -> int:
+        """How many of the items before global index `index` are still to be read."""
+        if index <= self.frontier:
+            return 0
+        return index - self.frontier - bisect.bisect_left(self.done, index)
+
     def global_index(self, j: int) -> int:
         """The global index of the j-th remaining item."""
         index = self.frontier + j

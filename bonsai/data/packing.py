@@ -116,7 +116,8 @@ def _rows_of(docs: list[Document], bins: list[list[int]]) -> list[Row]:
     """Rows in stream order of their first document, documents in stream order within a row."""
     ordered = sorted((sorted(b) for b in bins), key=lambda b: b[0])
     start = docs[0].position
-    rows = [Row([docs[i] for i in b], StreamPosition(start.epoch, start.taken, k + 1)) for k, b in enumerate(ordered)]
+    rows = [Row([docs[i] for i in b], StreamPosition(start.epoch, start.taken, k + 1, seek=start.seek))
+            for k, b in enumerate(ordered)]
     rows[-1].resume = docs[-1].position.next()
     return rows
 

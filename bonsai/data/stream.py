@@ -3,7 +3,8 @@
 Why not `datasets.load_dataset(..., streaming=True)`: its JSON builder parses in Arrow blocks and loses
 line numbers, and Bonsai must name the file and line of every bad record. Reading is done here with
 fsspec (so `s3://`, `gs://`, `file://` and plain paths all work); each epoch is a deterministic function
-of (seed, epoch), so a position is just (epoch, how many of this rank's items it has taken).
+of (seed, epoch), so a position is just (epoch, how many of this rank's items it has taken), plus where
+its shuffle window starts in the shards (`Seek`), so that a resume opens the data there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 
@@ -30,28 +31,55 @@ class DataSourceError(ValueError):
     """The data path itself is wrong (nothing there, unknown format)."""
 
 
+@dataclass(frozen=True)
+class Seek:
+    """Where one shuffle window of an epoch starts in the epoch's shard order: a resume reads from there
+    instead of from the epoch's first byte, so its cost does not grow with the position."""
+
+    window: int  # the window's index in the epoch
+    order: int  # the place, in the epoch's shard order, of the shard it starts in
+    shard: str  # that shard's URL: a hint for another list of shards is not used
+    offset: int  # the byte offset (JSONL) or row index (Parquet) of the window's first item in that shard
+    line: int  # and its 1-based line (row) number
+
+    def to_dict(self) -> dict:
+        return {"window": self.window, "order": self.order, "shard": self.shard, "offset": self.offset,
+                "line": self.line}
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> Seek | None:
+        if not d:
+            return None
+        return cls(int(d["window"]), int(d["order"]), str(d["shard"]), int(d["offset"]), int(d["line"]))
+
+
 @dataclass(frozen=True, order=True)
 class StreamPosition:
     """Where one rank stands: `taken` of its items of `epoch` are behind it. `packed_rows`: rows already
-    trained of the packing window that starts here (see packing.pack_best_fit); the stream ignores it."""
+    trained of the packing window that starts here (see packing.pack_best_fit); the stream ignores it.
+    `seek`: where the shuffle window of the item at this position starts (or one before it), so resuming
+    reads from there; it changes nothing about which items come, and positions compare without it."""
 
     epoch: int = 0
     taken: int = 0
     packed_rows: int = 0
     window_done: tuple[tuple[int, int], ...] = ()
     """(epoch, taken) of the documents in those rows: what a resume on another world size must not repeat."""
+    seek: Seek | None = field(default=None, compare=False)
 
     def next(self) -> StreamPosition:
-        return StreamPosition(self.epoch, self.taken + 1)
+        return StreamPosition(self.epoch, self.taken + 1, seek=self.seek)
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "taken": self.taken, "packed_rows": self.packed_rows,
-                "window_done": [list(d) for d in self.window_done]}
+                "window_done": [list(d) for d in self.window_done],
+                "seek": self.seek.to_dict() if self.seek else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> StreamPosition:
         return cls(epoch=int(d["epoch"]), taken=int(d["taken"]), packed_rows=int(d.get("packed_rows", 0)),
-                   window_done=tuple((int(e), int(k)) for e, k in d.get("window_done", ())))
+                   window_done=tuple((int(e), int(k)) for e, k in d.get("window_done", ())),
+                   seek=Seek.from_dict(d.get("seek")))
 
 
 def list_shards(path: str) -> list[str]:
@@ -88,25 +116,44 @@ class RawLine:
     offset: int
 
 
-def read_shard(url: str) -> Iterator[tuple[Where, RawLine | dict]]:
+def read_shard(url: str, offset: int = 0, line: int = 1) -> Iterator[tuple[Where, RawLine | dict]]:
     """Yields (where, payload): the raw line for JSONL, a row dict for Parquet. Blank lines are not
-    records and are passed over."""
+    records and are passed over. `offset` and `line`: start at that byte offset (JSONL; a line start)
+    or row index (Parquet, whose row groups before it are not read), numbered from `line`."""
     if url.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with fsspec.open(url, "rb") as f:
-            row = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                for obj in batch.to_pylist():
-                    row += 1
-                    yield Where(url, row), obj
+        yield from _read_parquet(url, offset)
         return
     with fsspec.open(url, "rb") as f:
-        offset = 0
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                yield Where(url, line_no), RawLine(line, offset)
-            offset += len(line)
+        if offset:
+            f.seek(offset)
+        for line_no, data in enumerate(f, start=line):
+            if data.strip():
+                yield Where(url, line_no), RawLine(data, offset)
+            offset += len(data)
+
+
+def _read_parquet(url: str, first_row: int) -> Iterator[tuple[Where, dict]]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        groups, row = [], 0
+        for g in range(parquet.num_row_groups):
+            size = parquet.metadata.row_group(g).num_rows
+            if row + size > first_row or groups:
+                groups.append(g)
+            else:
+                row += size  # a whole group before the start: not read
+        for batch in parquet.iter_batches(batch_size=1024, row_groups=groups):
+            for obj in batch.to_pylist():
+                row += 1
+                if row > first_row:
+                    yield Where(url, row), obj
+
+
+def item_offset(where: Where, payload: RawLine | dict) -> int:
+    """Where an item starts in its shard, as read_shard's `offset` takes it."""
+    return payload.offset if isinstance(payload, RawLine) else where.line - 1
 
 
 def parse_payload(payload: RawLine | str | dict, where: Where, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> dict:
@@ -128,22 +175,40 @@ def parse_payload(payload: RawLine | str | dict, where: Where, max_bytes: int = 
     return parse_json_line(payload, where)
 
 
-def epoch_items(shards: list[str], epoch: int, seed: int, window: int) -> Iterator[tuple[Where, str | dict]]:
+def epoch_items(shards: list[str], epoch: int, seed: int, window: int,
+                seek: Seek | None = None) -> Iterator[tuple[Where, str | dict, Seek]]:
     """All items of one epoch in this epoch's order: shards shuffled, then items shuffled within
-    consecutive windows. Every rank computes the same order."""
+    consecutive windows. Every rank computes the same order. Each item comes with where its window
+    starts; from `seek` (such a start), the items of the windows before it are not read."""
     order = list(shards)
     random.Random(f"shards:{seed}:{epoch}").shuffle(order)
+    first, window_index = 0, 0
+    if seek is not None:
+        first, window_index = seek.order, seek.window
     buffer: list = []
-    window_index = 0
-    for shard in order:
-        for item in read_shard(shard):
-            buffer.append(item)
+    start: Seek | None = None
+    for k in range(first, len(order)):
+        resume = seek is not None and k == seek.order
+        for where, payload in read_shard(order[k], *((seek.offset, seek.line) if resume else ())):
+            if not buffer:
+                start = Seek(window_index, k, order[k], item_offset(where, payload), where.line)
+            buffer.append((where, payload))
             if len(buffer) == window:
                 random.Random(f"window:{seed}:{epoch}:{window_index}").shuffle(buffer)
-                yield from buffer
+                yield from ((w, p, start) for w, p in buffer)
                 buffer, window_index = [], window_index + 1
     random.Random(f"window:{seed}:{epoch}:{window_index}").shuffle(buffer)
-    yield from buffer
+    yield from ((w, p, start) for w, p in buffer)
+
+
+def usable_seek(start: StreamPosition, shards: list[str], seed: int) -> Seek | None:
+    """`start.seek` if it describes this epoch's shard order (the data may have changed since)."""
+    seek = start.seek
+    if seek is None:
+        return None
+    order = list(shards)
+    random.Random(f"shards:{seed}:{start.epoch}").shuffle(order)
+    return seek if seek.order < len(order) and order[seek.order] == seek.shard else None
 
 
 def rank_items(
@@ -153,15 +218,19 @@ def rank_items(
     """This rank's items, from `start`, for `epochs` epochs (None: forever): of each epoch's items that
     its layout leaves (all of them, unless a resume on another world size merged the ranks' positions;
     see bonsai.data.elastic), every world_size-th. Ranks never share an item, and together they cover
-    what remains."""
+    what remains. `start.seek` lets the first epoch begin at the window of `start` (same items)."""
     epoch = start.epoch
     skip = start.taken
     layouts = layouts or {}
+    seek = usable_seek(start, shards, seed)
     while epochs is None or epoch < start.epoch + epochs:
         layout = layouts.get(epoch, FULL_EPOCH)
         partial = layout != FULL_EPOCH
-        taken, seen, dealt = 0, 0, 0
-        for i, (where, payload) in enumerate(epoch_items(shards, epoch, seed, window)):
+        first = seek.window * window if seek else 0  # the global index reading starts at
+        dealt = layout.remaining_before(first)
+        taken = max(0, -(-(dealt - rank) // world_size))  # this rank's items among those `dealt`
+        seen = first
+        for i, (where, payload, at) in enumerate(epoch_items(shards, epoch, seed, window, seek), start=first):
             seen = i + 1
             if partial and not layout.is_remaining(i):
                 continue
@@ -169,11 +238,11 @@ def rank_items(
             if (dealt - 1) % world_size != rank:
                 continue
             if taken >= skip:
-                yield StreamPosition(epoch, taken), where, payload
+                yield StreamPosition(epoch, taken, seek=at), where, payload
             taken += 1
         if taken == 0 and not partial:
             raise no_records_error(shards, seen, rank, world_size)
-        epoch, skip = epoch + 1, 0
+        epoch, skip, seek = epoch + 1, 0, None
 
 
 def no_records_error(shards: list[str], seen: int, rank: int, world_size: int) -> DataSourceError:
