@@ -49,29 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--generate-limit", type=int, default=100, help="generate answers for the first N records")
     _decode_arguments(ev)
 
-    ab = sub.add_parser("ablate", help="A/B: train with and without excluded records, compare on the same records",
-                        description="Trains CONFIG as it is (baseline) and with data.exclude=EXCLUDED (cleaned), "
-                                    "once per seed, in OUT/<arm>-seed<N> (runs already finished are reused, "
-                                    "unfinished ones resume), then compares the final models on the held-out "
-                                    "records (the excluded left out of both) and on the kept records the excluded "
-                                    "contradicted: loss per category and language, loss-curve roughness, detector "
-                                    "events, probe repetition and quality. Writes OUT/ablate.json and "
-                                    "OUT/ablate.png and prints a table; with 2+ seeds each difference is set "
-                                    "against the noise band the seeds give.")
-    ab.add_argument("config")
-    ab.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to both arms")
-    ab.add_argument("--exclude", required=True, metavar="EXCLUDED",
-                    help="excluded.jsonl from `bonsai data clean`, or one record id per line")
-    ab.add_argument("--seeds", type=int, default=1, help="seeds per arm, from train.seed up (default 1; 2+ "
-                                                         "give a noise band)")
-    ab.add_argument("--out", help="directory for the runs and the report (default: <train.output_dir>-ablate)")
-    ab.add_argument("--eval-data", help="held-out records to compare on (default: the data's eval split)")
-    ab.add_argument("--generate-limit", type=int, default=32, help="also generate for the first N held-out records")
-    ab.add_argument("--launch", help='how to start each training, e.g. "accelerate launch --config_file '
-                                     'launch/ddp.yaml" (default: this Python, one process)')
-    ab.add_argument("--baseline", metavar="RUN_DIR", help="a finished run of this config (e.g. the one whose "
-                                                          "report gave the suspects): the first seed's baseline")
-    ab.add_argument("--run-timeout", type=float, metavar="SECONDS", help="give up on a training after this long")
+    _ablate_arguments(sub)
 
     exp = sub.add_parser("export", help="a checkpoint (ZeRO shards included) as a Hugging Face model dir",
                          description="Writes DIR (safetensors); for LoRA the adapter in DIR and a merged model in "
@@ -145,6 +123,32 @@ def _parser() -> argparse.ArgumentParser:
                     help="passed to sbatch as an #SBATCH line, e.g. --sbatch-arg=--account=ml (repeatable)")
     sb.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
     return parser
+
+
+def _ablate_arguments(sub) -> None:
+    ab = sub.add_parser("ablate", help="A/B: train with and without excluded records, compare on the same records",
+                        description="Trains CONFIG as it is (baseline) and with data.exclude=EXCLUDED (cleaned), "
+                                    "once per seed, in OUT/<arm>-seed<N> (runs already finished are reused, "
+                                    "unfinished ones resume), then compares the final models on the held-out "
+                                    "records (the excluded left out of both) and on the kept records the excluded "
+                                    "contradicted: loss per category and language, loss-curve roughness, detector "
+                                    "events, probe repetition and quality. Writes OUT/ablate.json and "
+                                    "OUT/ablate.png and prints a table; with 2+ seeds each difference is set "
+                                    "against the noise band the seeds give.")
+    ab.add_argument("config")
+    ab.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to both arms")
+    ab.add_argument("--exclude", required=True, metavar="EXCLUDED",
+                    help="excluded.jsonl from `bonsai data clean`, or one record id per line")
+    ab.add_argument("--seeds", type=int, default=1, help="seeds per arm, from train.seed up (default 1; 2+ "
+                                                         "give a noise band)")
+    ab.add_argument("--out", help="directory for the runs and the report (default: <train.output_dir>-ablate)")
+    ab.add_argument("--eval-data", help="held-out records to compare on (default: the data's eval split)")
+    ab.add_argument("--generate-limit", type=int, default=32, help="also generate for the first N held-out records")
+    ab.add_argument("--launch", help='how to start each training, e.g. "accelerate launch --config_file '
+                                     'launch/ddp.yaml" (default: this Python, one process)')
+    ab.add_argument("--baseline", metavar="RUN_DIR", help="a finished run of this config (e.g. the one whose "
+                                                          "report gave the suspects): the first seed's baseline")
+    ab.add_argument("--run-timeout", type=float, metavar="SECONDS", help="give up on a training after this long")
 
 
 def _decode_arguments(parser) -> None:
