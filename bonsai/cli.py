@@ -12,6 +12,7 @@ from bonsai.data.records import CATEGORIES, LANGUAGES
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonsai", description="Supervised fine-tuning of small language models.")
+    parser.add_argument("--version", action="version", version=f"bonsai {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train",
@@ -149,6 +150,15 @@ def _ablate_arguments(sub) -> None:
     ab.add_argument("--baseline", metavar="RUN_DIR", help="a finished run of this config (e.g. the one whose "
                                                           "report gave the suspects): the first seed's baseline")
     ab.add_argument("--run-timeout", type=float, metavar="SECONDS", help="give up on a training after this long")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bonsai")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _decode_arguments(parser) -> None:

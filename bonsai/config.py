@@ -285,6 +285,44 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+# Names users bring from other trainers (HF TrainingArguments, TRL), and where Bonsai keeps that setting.
+KNOWN_ELSEWHERE = {"learning_rate": "train.lr", "per_device_train_batch_size": "train.micro_batch_size",
+                   "batch_size": "train.micro_batch_size", "max_seq_length": "data.max_length",
+                   "max_seq_len": "data.max_length", "bf16": "train.precision", "fp16": "train.precision",
+                   "max_grad_norm_clip": "train.max_grad_norm", "lora_r": "model.lora.r",
+                   "lora_alpha": "model.lora.alpha", "model_name_or_path": "model.name_or_path"}
+
+
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every settable key of the config, dotted (`train.lr`, `model.lora.r`)."""
+    keys = []
+    for name, field in (model or BonsaiConfig).model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            keys += config_keys(kind, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def did_you_mean(key: str) -> str:
+    """' (did you mean train.lr?)' for a misspelt or borrowed key, else ''."""
+    import difflib
+
+    leaf = key.rsplit(".", 1)[-1]
+    known = config_keys()
+    if leaf in KNOWN_ELSEWHERE and KNOWN_ELSEWHERE[leaf] in known:
+        return f" (did you mean {KNOWN_ELSEWHERE[leaf]}?)"
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    leaves = {k.rsplit(".", 1)[-1] for k in known}
+    close = difflib.get_close_matches(leaf, sorted(leaves), n=1, cutoff=0.75)
+    if not close:
+        return ""
+    holders = [k for k in known if k.rsplit(".", 1)[-1] == close[0]]
+    best = next((k for k in holders if k.rsplit(".", 1)[0] == section), holders[0])  # its own section first
+    return f" (did you mean {best}?)"
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
@@ -294,7 +332,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
         # A whole section as "input" (cross-field rules) says nothing the message does not.
         seen = "" if e["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
         if e["type"] == "extra_forbidden":
-            msg, seen = "unknown key", ""
+            msg, seen = "unknown key" + did_you_mean(key), ""
         lines.append(f"  {key}: {msg}{seen}")
     return "\n".join(lines)
 

@@ -41,11 +41,26 @@ def test_phi2_configs_target_phi2_in_bf16_where_the_gpu_has_it():
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"}
 
 
-def test_unknown_key_is_named(tmp_path):
+def test_unknown_key_is_named_with_what_was_meant(tmp_path):
     cfg = base_config(tmp_path / "run", tmp_path)
     cfg["train"]["lrr"] = 1e-4
-    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key"):
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key \(did you mean train\.lr\?\)"):
         _load(tmp_path, cfg)
+    # a misspelling, a name from HF TrainingArguments, a key in the wrong section, and nothing close
+    for override, meant in (("train.wieght_decay=0.1", "train.weight_decay"), ("train.learning_rate=1e-4", "train.lr"),
+                            ("train.max_length=64", "data.max_length"), ("eval.zzz=1", None)):
+        with pytest.raises(ConfigError) as err:
+            _load(tmp_path, base_config(tmp_path / "run", tmp_path), [override])
+        key = override.split("=")[0]
+        assert str(err.value).splitlines()[1].endswith(f"{key}: unknown key" + (f" (did you mean {meant}?)" if meant else ""))
+
+
+def test_version():
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "bonsai.cli", "--version"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == f"bonsai {version('bonsai')}"
 
 
 def test_wrong_type_is_named(tmp_path):
