@@ -21,20 +21,12 @@ import sys
 from pathlib import Path
 
 import yaml
-from common import ROOT, run_bonsai
+from common import ROOT, run_bonsai, write_data
 
 sys.path.insert(0, str(ROOT / "tests"))
 from planted import varied_planted_set  # noqa: E402
 
 from bonsai.data.records import in_eval_split  # noqa: E402
-
-
-def write_data(directory: Path, records: list[dict]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for s in range(3):
-        lines = [json.dumps(r, ensure_ascii=False) for r in records[s::3]]
-        (directory / f"part-{s:05d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
 
 
 def bonsai(*args: str) -> str:

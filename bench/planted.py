@@ -13,27 +13,18 @@ clean record it contradicts ranks below it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-from common import ROOT, run_bonsai
+from common import ROOT, run_bonsai, write_data
 
 sys.path.insert(0, str(ROOT / "tests"))
 from planted import PLANT_KINDS, precision_recall_at_k, varied_planted_set  # noqa: E402
 
 from bonsai.data.records import Where, validate_record  # noqa: E402
 from bonsai.observe.report import find_suspects, score_records  # noqa: E402
-
-
-def write_data(directory: Path, records: list[dict]) -> Path:
-    directory.mkdir(parents=True)
-    for s in range(3):
-        lines = [json.dumps(r, ensure_ascii=False) for r in records[s::3]]
-        (directory / f"part-{s:05d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
 
 
 def train(work: Path, data: Path, steps: int) -> Path:

@@ -175,13 +175,19 @@ def parse_payload(payload: RawLine | str | dict, where: Where, max_bytes: int = 
     return parse_json_line(payload, where)
 
 
+def shard_order(shards: list[str], seed: int, epoch: int) -> list[str]:
+    """The order an epoch reads its shards in: the same on every rank and every launch."""
+    order = list(shards)
+    random.Random(f"shards:{seed}:{epoch}").shuffle(order)
+    return order
+
+
 def epoch_items(shards: list[str], epoch: int, seed: int, window: int,
                 seek: Seek | None = None) -> Iterator[tuple[Where, str | dict, Seek]]:
     """All items of one epoch in this epoch's order: shards shuffled, then items shuffled within
     consecutive windows. Every rank computes the same order. Each item comes with where its window
     starts; from `seek` (such a start), the items of the windows before it are not read."""
-    order = list(shards)
-    random.Random(f"shards:{seed}:{epoch}").shuffle(order)
+    order = shard_order(shards, seed, epoch)
     first, window_index = 0, 0
     if seek is not None:
         first, window_index = seek.order, seek.window
@@ -206,8 +212,7 @@ def usable_seek(start: StreamPosition, shards: list[str], seed: int) -> Seek | N
     seek = start.seek
     if seek is None:
         return None
-    order = list(shards)
-    random.Random(f"shards:{seed}:{start.epoch}").shuffle(order)
+    order = shard_order(shards, seed, start.epoch)
     return seek if seek.order < len(order) and order[seek.order] == seek.shard else None
 
 

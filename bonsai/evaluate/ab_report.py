@@ -5,6 +5,7 @@ printed as a table."""
 from __future__ import annotations
 
 import math
+from statistics import mean, stdev, variance
 from pathlib import Path
 
 from bonsai.io import write_json
@@ -27,15 +28,6 @@ def direction(metric: str) -> int:
     return 1 if metric in HIGHER_IS_BETTER else -1
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _variance(values: list[float]) -> float:
-    mean = _mean(values)
-    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-
-
 def noise_band(baseline: list[float], cleaned: list[float]) -> float | None:
     """How far the two means may differ by the seed alone: the half-width of the 95 % interval of their
     difference (Student's t, variance pooled over both arms' seeds, 2(n-1) degrees of freedom), so a
@@ -43,7 +35,7 @@ def noise_band(baseline: list[float], cleaned: list[float]) -> float | None:
     n = min(len(baseline), len(cleaned))
     if n < 2:
         return None
-    pooled = (_variance(baseline) + _variance(cleaned)) / 2
+    pooled = (variance(baseline) + variance(cleaned)) / 2
     dof = 2 * (n - 1)
     return (T_975[dof - 1] if dof <= len(T_975) else 1.96) * math.sqrt(2 * pooled / n)
 
@@ -68,7 +60,7 @@ def compare_arms(measured: dict[str, list[dict[str, float]]]) -> list[dict]:
                   for arm, runs in measured.items()}
         if not all(values.values()):
             continue
-        base, clean = _mean(values["baseline"]), _mean(values["cleaned"])
+        base, clean = mean(values["baseline"]), mean(values["cleaned"])
         band = noise_band(values["baseline"], values["cleaned"])
         rows.append({"metric": metric, "baseline": base, "cleaned": clean, "difference": clean - base,
                      "noise_band": band, "verdict": verdict(metric, clean - base, band),
@@ -103,7 +95,7 @@ def _bars(ax, rows: list[dict], labels: list[str], title: str, scales: list[floa
     scales = scales or [1] * len(rows)
     for i, arm in enumerate(("baseline", "cleaned")):
         means = [r[arm] / k for r, k in zip(rows, scales)]
-        spread = [math.sqrt(_variance(r["seeds"][arm])) / k if len(r["seeds"][arm]) > 1 else 0
+        spread = [stdev(r["seeds"][arm]) / k if len(r["seeds"][arm]) > 1 else 0
                   for r, k in zip(rows, scales)]
         ax.bar([j + 0.4 * i for j in range(len(rows))], means, width=0.4, yerr=spread, capsize=2, label=arm)
     ax.set_xticks([j + 0.2 for j in range(len(rows))])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ def check_baseline(cfg: BonsaiConfig, baseline: Path) -> None:
     if refused:
         raise ConfigError(f"--baseline {baseline} was trained on another config ({'; '.join(refused[:3])}): "
                           "pass the config and overrides it was trained with")
-    steps = json.loads(run.summary.read_text(encoding="utf-8")).get("steps")
+    steps = finished_steps(baseline)
     if steps != cfg.train.max_steps:
         raise ConfigError(f"--baseline {baseline} trained {steps} steps; the config says train.max_steps="
                           f"{cfg.train.max_steps}")
@@ -91,9 +92,10 @@ def check_ablation(cfg: BonsaiConfig, exclude: str, eval_data: str | None) -> fr
     return excluded
 
 
-def finished(run: ArmRun, max_steps: int) -> bool:
-    summary = RunDir(run.run_dir).summary
-    return summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("steps") == max_steps
+def finished_steps(run_dir: Path) -> int | None:
+    """The steps a finished run trained (its summary.json), None for a run that has not finished."""
+    summary = RunDir(run_dir).summary
+    return json.loads(summary.read_text(encoding="utf-8")).get("steps") if summary.exists() else None
 
 
 def train_arm(run: ArmRun, config: str, overrides: list[str], exclude: str, launch: str | None,
@@ -139,8 +141,7 @@ def curve_metrics(run_dir: Path, warmup_steps: int) -> dict[str, float]:
     losses = [row["loss"] for row in read_metrics(run_dir)
               if row.get("step", 0) > warmup_steps and isinstance(row.get("loss"), float)]
     changes = [b - a for a, b in zip(losses, losses[1:])]
-    mean = sum(changes) / max(1, len(changes))
-    spread = (sum((c - mean) ** 2 for c in changes) / max(1, len(changes) - 1)) ** 0.5
+    spread = statistics.stdev(changes) if len(changes) > 1 else 0.0
     return {"curve/loss_step_change_std": spread, "curve/events": float(len(read_events(run_dir))),
             "curve/final_train_loss": losses[-1] if losses else float("nan")}
 
@@ -186,7 +187,7 @@ def ablate(cfg: BonsaiConfig, request: AblationRequest) -> dict:
     sets = eval_sets(cfg, excluded, request.eval_data)
     runs = plan_runs(cfg, request.seeds, request.out, request.baseline)
     for run in runs:
-        if finished(run, cfg.train.max_steps):
+        if finished_steps(run.run_dir) == cfg.train.max_steps:
             print(f"ablate: {run.arm} (seed {run.seed}) already finished in {run.run_dir}", flush=True)
         else:
             train_arm(run, request.config, request.overrides, request.exclude, request.launch, request.run_timeout_s)
@@ -196,7 +197,8 @@ def ablate(cfg: BonsaiConfig, request: AblationRequest) -> dict:
     summary = {
         "config": request.config, "overrides": request.overrides, "exclude": request.exclude,
         "excluded": len(excluded), "seeds": sorted({run.seed for run in runs}),
-        "heldout": len(sets.heldout), "heldout_left_out": [r.id for r in sets.leaked], "contested": len(sets.contested), "probes": len(sets.probes),
+        "heldout": len(sets.heldout), "heldout_left_out": [r.id for r in sets.leaked],
+        "contested": len(sets.contested), "probes": len(sets.probes),
         "contested_categories": sorted({r.category for r in sets.contested}),
         "runs": [{"arm": run.arm, "seed": run.seed, "run_dir": str(run.run_dir)} for run in runs],
         "comparison": compare_arms(measured),
