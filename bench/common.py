@@ -40,7 +40,7 @@ def run_bonsai(cfg: dict, config: Path, launch: list[str] | None = None, env: di
 
 def step_rows(run_dir: Path) -> dict[int, dict]:
     """metrics.jsonl's training rows (those with a loss) by step."""
-    return {r["step"]: r for r in read_metrics(run_dir) if "loss" in r}
+    return {r["step"]: r for r in read_metrics(run_dir) if "train/loss" in r}
 
 
 def write_data(directory: Path, records: list[dict], shards: int = 3) -> Path:

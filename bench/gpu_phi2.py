@@ -51,12 +51,12 @@ def run(mode: str, args, work: Path) -> dict:
     rows = list(step_rows(run_dir).values())
     timed = [r for r in rows if r["step"] > args.warmup]
     seconds = timed[-1]["time"] - rows[args.warmup - 1]["time"]
-    tokens = timed[-1]["tokens_seen"] - rows[args.warmup - 1]["tokens_seen"]
+    tokens = timed[-1]["train/num_input_tokens_seen"] - rows[args.warmup - 1]["train/num_input_tokens_seen"]
     return {
         "tokens_per_s": tokens / seconds,
-        "mfu": statistics.median(r["mfu"] for r in timed) if "mfu" in timed[0] else None,
+        "mfu": statistics.median(r["train/mfu"] for r in timed) if "train/mfu" in timed[0] else None,
         "peak_memory_gb": max((r.get("memory/max_allocated_gb") or 0) for r in rows),
-        "final_loss": rows[-1]["loss"],
+        "final_loss": rows[-1]["train/loss"],
     }
 
 

@@ -154,7 +154,7 @@ def main() -> None:
     rows = step_rows(run_dir)
     per_step = (rows[args.steps]["time"] - rows[1]["time"]) / (args.steps - 1) if args.steps > 1 else float("nan")
     checkpoints = [line for line in text.splitlines() if " written in " in line]
-    reference = {step: row["loss"] for step, row in rows.items()}
+    reference = {step: row["train/loss"] for step, row in rows.items()}
     print(f"train {args.steps} steps: {wall:.0f} s wall, {per_step:.1f} s/step, peak RSS per rank {peaks} GiB; "
           f"{'; '.join(checkpoints)}", flush=True)
 
@@ -165,7 +165,7 @@ def main() -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     (run_dir / "summary.json").unlink()
     wall, resumed_peaks, _ = train(config, work / "resume.log")
-    resumed = {step: row["loss"] for step, row in step_rows(run_dir).items()}
+    resumed = {step: row["train/loss"] for step, row in step_rows(run_dir).items()}
     exact = resumed[args.steps] == reference[args.steps]
     print(f"resume from step {args.steps - 1}: {wall:.0f} s wall, step {args.steps} loss {resumed[args.steps]!r} "
           f"vs uninterrupted {reference[args.steps]!r} ({'bit-exact' if exact else 'DIFFERENT'}), "

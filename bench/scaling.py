@@ -56,7 +56,7 @@ def run(layout: str, nproc: int, work: Path, args) -> dict:
         "state_mib_per_rank": per_rank,
         "breakdown_mib": memory[0],
         "rss_gb_rank0": rows[args.steps].get("memory/max_rss_gb"),
-        "final_loss": rows[args.steps]["loss"],
+        "final_loss": rows[args.steps]["train/loss"],
     }
 
 

@@ -59,14 +59,14 @@ def bonsai_side(model_dir: Path, work: Path, args) -> dict:
     run_bonsai(cfg, work / f"{run_dir.name}.yaml")
     rows = step_rows(run_dir)
     first, last = rows[args.warmup], rows[args.steps]
-    tokens = last["tokens_seen"] - first["tokens_seen"]
+    tokens = last["train/num_input_tokens_seen"] - first["train/num_input_tokens_seen"]
     steps = args.steps - args.warmup
     return {
         "seconds": last["time"] - first["time"],
         "tokens": tokens,
-        "target_tokens": last["target_tokens_seen"] - first["target_tokens_seen"],
+        "target_tokens": last["train/num_target_tokens_seen"] - first["train/num_target_tokens_seen"],
         "slots": steps * args.rows * args.max_length,  # packed rows are padded to max_length
-        "final_loss": last["loss"],
+        "final_loss": last["train/loss"],
     }
 
 

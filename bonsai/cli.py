@@ -8,11 +8,13 @@ import sys
 
 from bonsai.config import ConfigError, DecodeConfig, load_config, to_yaml
 from bonsai.data.records import CATEGORIES, LANGUAGES
+from bonsai.data.template import TEMPLATES, use_template
+from bonsai.version import package_version
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonsai", description="Supervised fine-tuning of small language models.")
-    parser.add_argument("--version", action="version", version=f"bonsai {_version()}")
+    parser.add_argument("--version", action="version", version=f"bonsai {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train",
@@ -28,26 +30,28 @@ def _parser() -> argparse.ArgumentParser:
         help="loss curve, instability events and suspect records of a run",
         description="Writes RUN_DIR/report.png and RUN_DIR/report.json and prints a summary.",
     )
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", help="a run directory (train.output_dir)")
 
     gen = sub.add_parser("generate", help="answer prompts with a trained model, using the training template",
                          description="MODEL: a model dir (full, merged or exported), a LoRA adapter dir, or a hub id.")
-    gen.add_argument("model")
+    gen.add_argument("model", help="model dir, LoRA adapter dir or hub id")
     what = gen.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="the instruction")
     what.add_argument("--file", help="JSONL of prompts in the record schema (output, if given, is the reference)")
     gen.add_argument("--input", default="", help="context for --prompt")
-    gen.add_argument("--category", default="open_qa", choices=CATEGORIES)
+    gen.add_argument("--category", default="open_qa", choices=CATEGORIES, help="task shown in the prompt (default open_qa)")
     gen.add_argument("--lang", choices=LANGUAGES, help="language of the answer (default: the prompt's script)")
     gen.add_argument("--source-lang", choices=LANGUAGES, help="for --category translation")
+    _model_arguments(gen)
     _decode_arguments(gen)
 
     ev = sub.add_parser("eval", help="compare models on the same records: loss, quality and repetition",
                         description="Writes eval.json, eval_generations.jsonl and eval.png to --out.")
-    ev.add_argument("models", nargs="+")
+    ev.add_argument("models", nargs="+", help="model dirs, LoRA adapter dirs or hub ids to compare")
     ev.add_argument("--data", required=True, help="records to evaluate on (file, directory or glob)")
     ev.add_argument("--out", default="eval", help="output directory (default: ./eval)")
     ev.add_argument("--generate-limit", type=int, default=100, help="generate answers for the first N records")
+    _model_arguments(ev)
     _decode_arguments(ev)
 
     _ablate_arguments(sub)
@@ -56,19 +60,21 @@ def _parser() -> argparse.ArgumentParser:
                          description="Writes DIR (safetensors); for LoRA the adapter in DIR and a merged model in "
                                      "DIR-merged.")
     exp.add_argument("checkpoint", help="RUN_DIR/checkpoints/step_NNNNNNNN")
-    exp.add_argument("--out", required=True)
+    exp.add_argument("--out", required=True, help="directory to write the model to")
 
     data = sub.add_parser("data", help="dataset tools: audit, clean, convert, shard, publish")
     dsub = data.add_subparsers(dest="data_command", required=True)
     audit = dsub.add_parser("audit", help="find bad, duplicated, contradictory and mislabelled records",
                             description="Prints a table, writes audit.json and audit.png to --out; exits 1 when a "
                                         "finding reaches --fail-on.")
-    audit.add_argument("paths", nargs="+")
-    audit.add_argument("--out", default="audit")
+    audit.add_argument("paths", nargs="+", help="files, directories or globs of records")
+    audit.add_argument("--out", default="audit", help="output directory (default: ./audit)")
     audit.add_argument("--tokenizer", help="a model or tokenizer dir: check token lengths with the template")
     audit.add_argument("--max-length", type=int, help="tokens; longer records are errors (needs --tokenizer)")
-    audit.add_argument("--min-output-units", type=int, default=2)
-    audit.add_argument("--fail-on", choices=["error", "warning", "never"], default="error")
+    audit.add_argument("--min-output-units", type=int, default=2,
+                       help="answers shorter than this (words; characters in ja/zh) in prose categories are flagged")
+    audit.add_argument("--fail-on", choices=["error", "warning", "never"], default="error",
+                       help="exit 1 when a finding is at least this severe (default error)")
     clean = dsub.add_parser("clean", help="the data without a run's suspect records, and excluded.jsonl",
                             description="Chooses suspects from RUN_DIR's report (every record with a stated reason, "
                                         "most suspect first; --top or --min-score narrow it), writes the run's data "
@@ -81,24 +87,31 @@ def _parser() -> argparse.ArgumentParser:
     pick.add_argument("--min-score", type=float, metavar="S", help="suspects scoring at least S")
     clean.add_argument("--data", help="the data to clean (default: the run's data.path)")
     clean.add_argument("--out", required=True, help="a new directory")
-    conv = dsub.add_parser("convert", help="Alpaca or Dolly (JSON, JSONL, Parquet) into Bonsai's schema")
-    conv.add_argument("paths", nargs="+")
-    conv.add_argument("--format", required=True, choices=["alpaca", "dolly"])
+    conv = dsub.add_parser("convert", help="Alpaca, Dolly or chat data (JSON, JSONL, Parquet) into Bonsai's schema",
+                           description="Chat data (messages: [{role, content}], ShareGPT conversations: [{from, "
+                                       "value}]) maps one user turn and its assistant answer to a record; anything "
+                                       "else is refused with file:line.")
+    conv.add_argument("paths", nargs="+", help="files to convert")
+    conv.add_argument("--format", required=True, choices=["alpaca", "dolly", "messages", "sharegpt"],
+                      help="the source's schema")
     conv.add_argument("--out", required=True, help="JSONL file to write")
-    conv.add_argument("--category", choices=CATEGORIES, help="for records without one (Alpaca)")
-    conv.add_argument("--category-map", nargs="*", default=[], metavar="SOURCE=BONSAI")
+    conv.add_argument("--category", choices=CATEGORIES, help="for records without one (Alpaca, chat data)")
+    conv.add_argument("--category-map", nargs="*", default=[], metavar="SOURCE=BONSAI",
+                      help="the source's category names in Bonsai's, e.g. general_qa=open_qa")
     conv.add_argument("--lang", choices=LANGUAGES, help="default: detected from the output's script")
-    conv.add_argument("--id-prefix", default="rec")
+    conv.add_argument("--id-prefix", default="rec", help="ids are PREFIX-<hash of the text> where a record has none")
+    conv.add_argument("--drop-system", action="store_true",
+                      help="chat data: leave system messages out (Bonsai's templates have no system turn)")
     sh = dsub.add_parser("shard", help="balanced shards plus a manifest (counts, sha256) for shared storage")
-    sh.add_argument("paths", nargs="+")
-    sh.add_argument("--out", required=True)
-    sh.add_argument("--shards", type=int, required=True)
-    sh.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    sh.add_argument("paths", nargs="+", help="files, directories or globs of records")
+    sh.add_argument("--out", required=True, help="directory for the shards and manifest.json")
+    sh.add_argument("--shards", type=int, required=True, help="number of shards (at least the number of ranks)")
+    sh.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="shard file format")
     pub = dsub.add_parser("publish", help="a directory datasets.load_dataset() loads, with a dataset card")
-    pub.add_argument("path")
-    pub.add_argument("--out", required=True)
-    pub.add_argument("--name", default="bonsai-sft")
-    pub.add_argument("--license", default="cc-by-4.0")
+    pub.add_argument("path", help="records to publish (file, directory or glob)")
+    pub.add_argument("--out", required=True, help="directory to write the dataset to")
+    pub.add_argument("--name", default="bonsai-sft", help="dataset name in the card")
+    pub.add_argument("--license", default="cc-by-4.0", help="license id in the card")
     pub.add_argument("--push-to-hub", metavar="REPO_ID", help="also push (needs HF_TOKEN and the network)")
 
     slurm = sub.add_parser("slurm", help="submit training to a SLURM cluster (preemption-safe, requeues itself)")
@@ -107,23 +120,31 @@ def _parser() -> argparse.ArgumentParser:
                          description="One task per node runs `accelerate launch` for that node's processes. On "
                                      "preemption or near the time limit, training checkpoints and the job requeues "
                                      "itself; the next run resumes exactly. The log is RUN_DIR/slurm-JOBID.log.")
-    sb.add_argument("config")
-    sb.add_argument("overrides", nargs="*", metavar="section.key=value")
-    sb.add_argument("--nodes", type=int, required=True)
+    sb.add_argument("config", help="YAML config")
+    sb.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.lr=1e-4")
+    sb.add_argument("--nodes", type=int, required=True, help="number of nodes")
     sb.add_argument("--gpus-per-node", type=int, required=True, help="0 for a CPU-only job (then --procs-per-node)")
     sb.add_argument("--procs-per-node", type=int, help="training processes per node (default: one per GPU)")
-    sb.add_argument("--partition")
+    sb.add_argument("--partition", help="SLURM partition")
     sb.add_argument("--time", help="time limit, SLURM's format (e.g. 4:00:00 or 2-00:00)")
     sb.add_argument("--launch", dest="launch_config", help="Accelerate config, e.g. launch/zero3.yaml (default: DDP)")
     sb.add_argument("--grace", dest="grace_s", type=int, default=300,
                     help="seconds before the time limit at which training is told to checkpoint (default 300)")
     sb.add_argument("--max-restarts", type=int, default=20, help="requeue at most this many times (default 20)")
     sb.add_argument("--cpus-per-task", type=int, help="cores per node (default: one per process)")
-    sb.add_argument("--job-name")
+    sb.add_argument("--job-name", help="SLURM job name (default: bonsai-<output_dir name>)")
     sb.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
                     help="passed to sbatch as an #SBATCH line, e.g. --sbatch-arg=--account=ml (repeatable)")
     sb.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
     return parser
+
+
+def _model_arguments(p) -> None:
+    p.add_argument("--template", choices=sorted(TEMPLATES),
+                   help="prompt format (default: the one saved with the model, else bonsai); e.g. phi2 for the "
+                        "base microsoft/phi-2")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model repository's own Python code (only for a source you trust)")
 
 
 def _ablate_arguments(sub) -> None:
@@ -136,7 +157,7 @@ def _ablate_arguments(sub) -> None:
                                     "events, probe repetition and quality. Writes OUT/ablate.json and "
                                     "OUT/ablate.png and prints a table; with 2+ seeds each difference is set "
                                     "against the noise band the seeds give.")
-    ab.add_argument("config")
+    ab.add_argument("config", help="YAML config of the baseline")
     ab.add_argument("overrides", nargs="*", metavar="section.key=value", help="applied to both arms")
     ab.add_argument("--exclude", required=True, metavar="EXCLUDED",
                     help="excluded.jsonl from `bonsai data clean`, or one record id per line")
@@ -152,23 +173,17 @@ def _ablate_arguments(sub) -> None:
     ab.add_argument("--run-timeout", type=float, metavar="SECONDS", help="give up on a training after this long")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("bonsai")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "(not installed)"
-
-
 def _decode_arguments(parser) -> None:
     defaults = DecodeConfig()
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help=f"answer length limit in tokens (default {defaults.max_new_tokens})")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling (with --temperature > 0)")
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
+                        help="> 1 discourages repeating tokens (1: off)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size,
+                        help="forbid repeating any n-gram of this size (0: off)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts generated together")
 
 
 def _decode_config(args) -> DecodeConfig:
@@ -312,12 +327,14 @@ def _generate(args) -> int:
     except (BadRecord, ValueError, OSError) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
-    model, tokenizer = load_for_inference(args.model)
+    model, tokenizer = load_for_inference(args.model, args.trust_remote_code)
+    if args.template:
+        use_template(tokenizer, args.template)
     outputs = generate(model, tokenizer, records, decode)
     if args.prompt is not None:
         print(outputs[0])
     else:
-        for row in generation_rows(records, outputs, references):
+        for row in generation_rows(tokenizer, records, outputs, references):
             print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -328,7 +345,8 @@ def _eval(args) -> int:
     from bonsai.evaluate.compare import compare, table_text
 
     try:
-        summary = compare(args.models, args.data, Path(args.out), _decode_config(args), args.generate_limit)
+        summary = compare(args.models, args.data, Path(args.out), _decode_config(args), args.generate_limit,
+                          args.trust_remote_code, args.template)
     except (ValueError, OSError) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
         return 2
@@ -365,7 +383,8 @@ def _data(args) -> int:
             bad = {k: v for k, v in mapping.items() if v not in CATEGORIES}
             if bad:
                 raise datatools.ConvertError(f"--category-map: {bad} maps to no Bonsai category ({', '.join(CATEGORIES)})")
-            n = datatools.convert(args.paths, Path(args.out), args.format, mapping, args.category, args.lang, args.id_prefix)
+            n = datatools.convert(args.paths, Path(args.out), args.format, mapping, args.category, args.lang, args.id_prefix,
+                                  args.drop_system)
             print(f"converted {n} records into {args.out}")
         elif args.data_command == "shard":
             manifest = datatools.shard(args.paths, Path(args.out), args.shards, args.format)

@@ -59,6 +59,10 @@ class ModelConfig(_Section):
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = LoraConfig()
     merge_lora_on_save: bool = False
+    template: Literal["bonsai", "phi2", "chatml"] = "bonsai"
+    """The prompt format: bonsai (`### Category / Instruction / Input / Response`), phi2 (Phi-2's model card:
+    `Instruct: ...\nOutput:`), chatml (`<|im_start|>user ... <|im_start|>assistant`). Saved with the model
+    as the tokenizer's chat_template; generate and eval read it back."""
     attn_implementation: Literal["auto", "sdpa_varlen", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
     """auto: flash_attention_2 on CUDA with flash-attn installed, else sdpa_varlen (per-document sdpa). Those and
     flex_attention isolate packed documents without a mask; sdpa and eager use a dense (L x L) block mask."""

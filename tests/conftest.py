@@ -127,7 +127,7 @@ def run_train(config: Path, overrides: list[str] = (), nproc: int = 1, check: bo
 def losses(run_dir: Path) -> dict[int, float]:
     from bonsai.observe.metrics import read_metrics
 
-    return {row["step"]: row["loss"] for row in read_metrics(run_dir) if "loss" in row}
+    return {row["step"]: row["train/loss"] for row in read_metrics(run_dir) if "train/loss" in row}
 
 
 def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:

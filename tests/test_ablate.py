@@ -97,7 +97,7 @@ def test_ablate_trains_both_arms_per_seed_and_compares_them(planted_ablation):
                  "gen/repeated_3gram_ratio", "gen/distinct_2", "gen/chrf"):
         assert metrics[name]["noise_band"] is not None, name
         assert len(metrics[name]["seeds"]["baseline"]) == 2
-    assert "heldout_loss/category/open_qa" in metrics and "heldout_loss/lang/ja" in metrics
+    assert "heldout_loss_by_category/open_qa" in metrics and "heldout_loss_by_language/ja" in metrics
     assert "contested_loss" in proc.stdout and "verdict" in proc.stdout
 
 

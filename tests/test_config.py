@@ -153,3 +153,19 @@ def test_wandb_auto_mode_follows_wandb_mode_then_the_api_key(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_mode(WandbConfig()) == "disabled"
     assert resolve_mode(WandbConfig(mode="offline")) == "offline"  # the config's own word wins
+
+
+def test_every_cli_option_has_help():
+    import argparse
+
+    from bonsai.cli import _parser
+
+    def undocumented(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from undocumented(sub, f"{path} {name}")
+            elif not action.help:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(undocumented(_parser(), "bonsai")) == []

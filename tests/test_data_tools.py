@@ -106,6 +106,45 @@ def test_convert_alpaca_dolly_and_parquet(tmp_path):
     assert len(read_valid_records(str(tmp_path / "e.jsonl"))) == 2  # training reads what convert writes
 
 
+def test_convert_chat_messages_and_sharegpt(tmp_path):
+    """One user turn and its answer become a record; a system message only with --drop-system; anything
+    else (more turns, unknown roles, wrong shapes) is refused with file:line and what was expected."""
+    messages = [
+        {"messages": [{"role": "user", "content": "日本で一番高い山は？"}, {"role": "assistant", "content": "富士山です。"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."},
+                      {"role": "assistant", "content": "Blue."}], "category": "brainstorming"},
+    ]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in messages))
+    with pytest.raises(ConvertError, match=r"chat.jsonl:2: field 'messages': turns are system -> user -> assistant.*"
+                                           r"--drop-system"):
+        convert([str(tmp_path / "chat.jsonl")], tmp_path / "a.jsonl", "messages", {}, "open_qa", None, "chat")
+    assert convert([str(tmp_path / "chat.jsonl")], tmp_path / "a.jsonl", "messages", {}, "open_qa", None, "chat",
+                   drop_system=True) == 2
+    out = read_valid_records(str(tmp_path / "a.jsonl"))  # training reads what convert writes
+    assert [(r.instruction, r.input, r.output, r.category, r.lang) for r in out] == [
+        ("日本で一番高い山は？", "", "富士山です。", "open_qa", "ja"), ("Name a color.", "", "Blue.", "brainstorming", "en")]
+
+    sharegpt = [{"conversations": [{"from": "human", "value": "你好吗？"}, {"from": "gpt", "value": "我很好。"}]},
+                {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."},
+                                   {"from": "human", "value": "And?"}, {"from": "gpt", "value": "That is all."}]}]
+    (tmp_path / "sg.json").write_text(json.dumps(sharegpt, ensure_ascii=False))
+    with pytest.raises(ConvertError, match=r"sg.json:2: .*user -> assistant -> user -> assistant, expected user -> "
+                                           r"assistant; a record is one question"):
+        convert([str(tmp_path / "sg.json")], tmp_path / "b.jsonl", "sharegpt", {}, "open_qa", None, "sg")
+    (tmp_path / "sg.json").write_text(json.dumps(sharegpt[:1], ensure_ascii=False))
+    convert([str(tmp_path / "sg.json")], tmp_path / "b.jsonl", "sharegpt", {}, "open_qa", None, "sg")
+    assert [(r.output, r.lang) for r in read_valid_records(str(tmp_path / "b.jsonl"))] == [("我很好。", "zh")]
+
+    for bad, expected in [({"conversations": "hi"}, r"field 'conversations': expected a list of turns"),
+                          ({"conversations": [{"from": "bot", "value": "x"}]}, r"turn 1: expected \{'from': one of"),
+                          ({"messages": []}, "wrong"), ]:
+        (tmp_path / "bad.jsonl").write_text(json.dumps(bad))
+        fmt = "messages" if "messages" in bad else "sharegpt"
+        match = r"bad.jsonl:1: field 'messages': expected a list" if expected == "wrong" else r"bad.jsonl:1: .*" + expected
+        with pytest.raises(ConvertError, match=match):
+            convert([str(tmp_path / "bad.jsonl")], tmp_path / "c.jsonl", fmt, {}, "open_qa", None, "x")
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_shard_writes_balanced_shards_and_training_verifies_the_manifest(tmp_path, tokenizer, fmt):
     manifest = shard([str(SAMPLE)], tmp_path / "shards", 4, fmt)

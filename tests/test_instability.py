@@ -64,9 +64,11 @@ def test_wandb_offline_run_holds_metrics_events_and_config(planted_run):
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["train"]["max_steps"] == 200 and config["monitor"]["loss_z"] == 3.0
     rows = history(records)
-    assert any("loss" in r and "loss/category/open_qa" in r and "loss/lang/en" in r for r in rows)
-    assert all(0 < json.loads(r["mfu"]) < 1 and json.loads(r["memory/max_rss_gb"]) > 0.1 for r in rows if "loss" in r)
-    assert max(json.loads(r["train/step"]) for r in rows if "train/step" in r) == 200
+    assert any("train/loss" in r and "train/loss_by_category/open_qa" in r and "train/loss_by_language/en" in r
+               for r in rows)
+    assert all(0 < json.loads(r["train/mfu"]) < 1 and json.loads(r["memory/max_rss_gb"]) > 0.1
+               for r in rows if "train/loss" in r)
+    assert max(json.loads(r["train/global_step"]) for r in rows if "train/global_step" in r) == 200
     assert any(r.get("events/_type") == '"table-file"' for r in rows)
     tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/events_*.table.json"))
     last = max(tables, key=lambda p: len(json.loads(p.read_text())["data"]))
@@ -114,7 +116,7 @@ def test_rollback_resumes_from_checkpoint_past_the_bad_window_and_is_capped(tmp_
     first = rollbacks[0]
     checkpoint_step = (first["step"] - 1) // 10 * 10
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    resumed = next(r for r in rows if r["step"] == checkpoint_step + 1 and "loss" in r)
+    resumed = next(r for r in rows if r["step"] == checkpoint_step + 1 and "train/loss" in r)
     # Training went back to the checkpoint's step but not to its data: it continued after the event's rows.
     assert (resumed["data/epoch"], resumed["data/taken"]) > (first["data_positions"][0]["epoch"],
                                                             first["data_positions"][0]["taken"])
@@ -132,7 +134,7 @@ def test_probes_are_generated_during_training_and_logged(planted_run):
         assert {"repeated_3gram_ratio", "distinct_1", "distinct_2", "longest_repeated_span"} <= set(r["metrics"])
     assert any("chrf" in r["metrics"] for r in rows) and any("exact" in r["metrics"] for r in rows)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any("probe/repeated_3gram_ratio/category/translation" in m and m["step"] == 200 for m in metrics)
+    assert any("probe/repeated_3gram_ratio_by_category/translation" in m and m["step"] == 200 for m in metrics)
     tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/probes_*.table.json"))
     assert max(len(json.loads(t.read_text())["data"]) for t in tables) == 2 * len(probes)
 

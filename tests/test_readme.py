@@ -50,9 +50,12 @@ SKIPPED = [
 ALPACA = [{"instruction": f"Name a colour ({i}).", "input": "", "output": f"Blue is colour number {i}."} for i in range(20)]
 DOLLY = [{"instruction": f"Write a joke about {i}.", "context": "", "response": f"Number {i} walked into a bar.",
           "category": "humor"} for i in range(20)]
+CHATS = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Count to {i}."},
+                        {"role": "assistant", "content": f"One to {i}."}]} for i in range(20)]
 FIXTURES = {  # files the README's data commands assume the user has
     "alpaca_data.json": json.dumps(ALPACA),
     "dolly.jsonl": "".join(json.dumps(r) + "\n" for r in DOLLY),
+    "chats.jsonl": "".join(json.dumps(r) + "\n" for r in CHATS),
 }
 
 

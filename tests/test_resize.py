@@ -32,6 +32,6 @@ def test_resuming_on_another_number_of_processes_trains_each_record_once(tmp_pat
     assert (f"resuming a {before}-process checkpoint on {after}: global batch {rows_per_step} kept "
             f"({after} x micro-batch {micro_after} x accumulation {accumulation})") in output
     assert f"{before} rank(s)' positions merged and dealt to {after}" in output
-    steps = [row["step"] for row in read_metrics(tmp_path / "run") if "loss" in row]
+    steps = [row["step"] for row in read_metrics(tmp_path / "run") if "train/loss" in row]
     assert steps == list(range(1, len(steps) + 1)) and steps[-1] == final_step
     assert_each_record_once_per_epoch(tmp_path / "run")

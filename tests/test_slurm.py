@@ -88,7 +88,7 @@ def _wait_job(env: dict, job_id: str, run_dir: Path, timeout: float = JOB_TIMEOU
 def _steps_logged(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     text = path.read_text() if path.exists() else ""
-    return text[: text.rfind("\n") + 1].count('"loss"')  # complete lines only: the last may be half-written
+    return text[: text.rfind("\n") + 1].count('"train/loss"')  # complete lines only: the last may be half-written
 
 
 def _wait_for_step(run_dir: Path, step: int, env: dict, job_id: str, timeout: float = JOB_TIMEOUT_S) -> None:
@@ -151,7 +151,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, reference
     assert "stop file" in stopped[0]["reason"], stopped  # the batch shell's request reached the ranks
     assert f"resumed from {stopped[0]['checkpoint']} at step {stopped[0]['step']}" in log
     # Every step exactly once in the metrics, with the uninterrupted run's loss.
-    steps = [row["step"] for row in read_metrics(run_dir) if "loss" in row]
+    steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, STEPS + 1))
     assert losses(run_dir) == reference
     # W&B (offline here): the requeued run continued the same run id.
@@ -210,7 +210,7 @@ def test_preempted_on_two_nodes_resumes_on_one(slurm, tmp_path, model_cache):
     log = _log(run_dir, second)
     assert "resuming a 2-process checkpoint on 1: global batch 4 kept (1 x micro-batch 2 x accumulation 2)" in log, log[-6000:]
     assert f"resumed from {stopped['checkpoint']} at step {stopped['step']}" in log
-    steps = [row["step"] for row in read_metrics(run_dir) if "loss" in row]
+    steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, STEPS + 1))
     assert_each_record_once_per_epoch(run_dir)
     run_id = (run_dir / "wandb_run_id").read_text().strip()

@@ -93,7 +93,7 @@ def test_resume_after_preemption_matches_uninterrupted_run(tmp_path, model_cache
     # Launched processes end with os._exit once everything is flushed: the W&B file of the finished
     # run holds every step and the run's exit record, and the checkpoint and model are whole.
     records = wandb_records(tmp_path / "straight")
-    assert max(json.loads(r["train/step"]) for r in history(records) if "train/step" in r) == steps
+    assert max(json.loads(r["train/global_step"]) for r in history(records) if "train/global_step" in r) == steps
     assert any(r.WhichOneof("record_type") == "exit" for r in records)
     assert json.loads((tmp_path / "straight" / "summary.json").read_text())["steps"] == steps
 
@@ -170,9 +170,10 @@ def test_lora_run_saves_full_adapter_and_equivalent_merged_model(tmp_path, model
     assert ev.returncode == 0, ev.stderr[-2000:]
     table = json.loads((out / "eval.json").read_text())
     base_metrics, tuned_metrics = (m["metrics"] for m in table["models"])
-    assert tuned_metrics["loss"] < base_metrics["loss"]
-    assert {"loss/category/translation", "loss/lang/ja", "gen/repeated_3gram_ratio"} <= set(tuned_metrics)
-    assert (out / "eval.png").stat().st_size > 10_000 and "loss/category/translation" in ev.stdout
+    assert tuned_metrics["eval/loss"] < base_metrics["eval/loss"]
+    assert {"eval/loss_by_category/translation", "eval/loss_by_language/ja",
+            "eval/generation/repeated_3gram_ratio"} <= set(tuned_metrics)
+    assert (out / "eval.png").stat().st_size > 10_000 and "eval/loss_by_category/translation" in ev.stdout
 
 
 def test_full_model_is_saved_in_bf16_on_request_from_the_fp32_master_weights(tmp_path, model_cache):

@@ -95,8 +95,7 @@ class RankData:
             if split == "excluded":
                 report.excluded.append(doc.id)
             elif split == "train":
-                report.train_records += 1
-                report.train_target_tokens += doc.encoded.num_target_tokens
+                report.count_train(doc.record.category, doc.record.lang, doc.encoded.num_target_tokens)
             else:
                 report.eval_records += 1
         return report

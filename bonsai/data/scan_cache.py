@@ -23,7 +23,7 @@ from bonsai.data.exclude import exclusions_digest
 from bonsai.data.template import encode_record
 from bonsai.io import write_json
 
-SCAN_CACHE_VERSION = 2  # raise when what a scan computes changes
+SCAN_CACHE_VERSION = 3  # raise when what a scan computes changes
 PREFIX_BYTES = 1 << 16
 _PROBE = Record(id="scan-cache-probe", instruction="日本で一番高い山は? Which is the highest mountain?",
                 input="翻訳: 富士山", output="Mount Fuji / 富士山", category="translation", lang="en", source_lang="ja")
@@ -39,6 +39,14 @@ class ScanReport:
     bad: list[BadRecord] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     """Ids of the records data.exclude left out (they still hold their place in the stream)."""
+    train_by_group: dict[str, int] = field(default_factory=dict)
+    """Training records per "category/lang" (the model card's data summary)."""
+
+    def count_train(self, category: str, lang: str, target_tokens: int) -> None:
+        self.train_records += 1
+        self.train_target_tokens += target_tokens
+        group = f"{category}/{lang}"
+        self.train_by_group[group] = self.train_by_group.get(group, 0) + 1
 
     @property
     def items(self) -> int:
@@ -50,16 +58,19 @@ class ScanReport:
         self.train_target_tokens += other.train_target_tokens
         self.bad += other.bad
         self.excluded += other.excluded
+        for group, n in other.train_by_group.items():
+            self.train_by_group[group] = self.train_by_group.get(group, 0) + n
 
     def to_dict(self) -> dict:
         return {"train_records": self.train_records, "eval_records": self.eval_records,
                 "train_target_tokens": self.train_target_tokens, "bad": [b.as_quarantine_row() for b in self.bad],
-                "excluded": self.excluded}
+                "excluded": self.excluded, "train_by_group": self.train_by_group}
 
     @classmethod
     def from_dict(cls, d: dict) -> ScanReport:
         bad = [BadRecord(Where(b["path"], b["line"]), b["field"], b["reason"], b["raw"]) for b in d["bad"]]
-        return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad, list(d["excluded"]))
+        return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad, list(d["excluded"]),
+                   dict(d["train_by_group"]))
 
 
 def shard_identity(url: str) -> str:

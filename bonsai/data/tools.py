@@ -34,8 +34,40 @@ SOURCE_FIELDS = {
 }
 
 
+# Chat data: the key of the turn list, and each turn's role and text keys with the roles' names.
+CHAT_FORMATS = {
+    "messages": ("messages", "role", "content", {"user": "user", "assistant": "assistant", "system": "system"}),
+    "sharegpt": ("conversations", "from", "value", {"human": "user", "user": "user", "gpt": "assistant",
+                                                    "assistant": "assistant", "system": "system"}),
+}
+
+
 class ConvertError(ValueError):
     pass
+
+
+def chat_fields(row: dict, where: Where, source: str, drop_system: bool) -> tuple[str, str, str]:
+    """(instruction, input, output) of a chat row that is one user turn and one assistant turn."""
+    key, role_key, text_key, roles = CHAT_FORMATS[source]
+    turns = row.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise ConvertError(f"{where}: field '{key}': expected a list of turns for --format {source}")
+    said = []
+    for n, turn in enumerate(turns, start=1):
+        role = roles.get(turn.get(role_key)) if isinstance(turn, dict) else None
+        text = turn.get(text_key) if isinstance(turn, dict) else None
+        if role is None or not isinstance(text, str):
+            raise ConvertError(f"{where}: field '{key}' turn {n}: expected {{{role_key!r}: one of "
+                               f"{', '.join(roles)}, {text_key!r}: text}}, got {str(turn)[:80]}")
+        if role == "system" and drop_system:
+            continue
+        said.append((role, text))
+    if [r for r, _ in said] != ["user", "assistant"]:
+        shape = " -> ".join(r for r, _ in said) or "nothing"
+        hint = ("; pass --drop-system to leave system messages out (Bonsai's templates have no system turn)"
+                if "system" in shape else "; a record is one question and its answer (split longer chats first)")
+        raise ConvertError(f"{where}: field '{key}': turns are {shape}, expected user -> assistant{hint}")
+    return said[0][1], "", said[1][1]
 
 
 def read_rows(path: str) -> list[tuple[Where, dict]]:
@@ -72,9 +104,13 @@ def stable_id(prefix: str, instruction: str, input_: str, output: str) -> str:
 
 
 def convert_row(row: dict, where: Where, source: str, category_map: dict[str, str], default_category: str | None,
-                lang: str | None, prefix: str) -> dict:
-    inst_key, input_key, output_key = SOURCE_FIELDS[source]
-    instruction, input_, output = (row.get(k) or "" for k in (inst_key, input_key, output_key))
+                lang: str | None, prefix: str, drop_system: bool = False) -> dict:
+    if not isinstance(row, dict):
+        raise ConvertError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if source in CHAT_FORMATS:
+        instruction, input_, output = chat_fields(row, where, source, drop_system)
+    else:
+        instruction, input_, output = (row.get(k) or "" for k in SOURCE_FIELDS[source])
     raw_category = row.get("category")
     if raw_category is not None:
         category = category_map.get(raw_category) or (DOLLY_CATEGORIES.get(raw_category) if source == "dolly" else None) \
@@ -98,8 +134,8 @@ def convert_row(row: dict, where: Where, source: str, category_map: dict[str, st
 
 
 def convert(paths: list[str], out: Path, source: str, category_map: dict[str, str], default_category: str | None,
-            lang: str | None, prefix: str) -> int:
-    records = [convert_row(row, where, source, category_map, default_category, lang, prefix)
+            lang: str | None, prefix: str, drop_system: bool = False) -> int:
+    records = [convert_row(row, where, source, category_map, default_category, lang, prefix, drop_system)
                for path in paths for where, row in read_rows(path)]
     write_jsonl(out, records)
     return len(records)

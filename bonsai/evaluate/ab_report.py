@@ -9,6 +9,7 @@ from statistics import mean, stdev, variance
 from pathlib import Path
 
 from bonsai.io import write_json
+from bonsai.metric_keys import CATEGORY, TRAIN_LOSS
 from bonsai.observe.metrics import read_metrics
 from bonsai.observe.report import read_events
 
@@ -108,8 +109,8 @@ MARKS = {"better": " (+)", "worse": " (-)"}  # beyond the noise band, either way
 
 
 def _breakdown(ax, summary: dict, prefix: str, title: str) -> None:
-    rows = [r for r in summary["comparison"] if r["metric"] == prefix or r["metric"].startswith(prefix + "/category/")]
-    labels = [r["metric"].removeprefix(prefix + "/category/").replace(prefix, "all") + MARKS.get(r["verdict"], "")
+    rows = [r for r in summary["comparison"] if r["metric"] == prefix or r["metric"].startswith(prefix + CATEGORY)]
+    labels = [r["metric"].removeprefix(prefix + CATEGORY).replace(prefix, "all") + MARKS.get(r["verdict"], "")
               for r in rows]
     _bars(ax, rows, labels, title)
 
@@ -117,12 +118,12 @@ def _breakdown(ax, summary: dict, prefix: str, title: str) -> None:
 def _curves(ax, summary: dict) -> None:
     colours = {"baseline": "tab:blue", "cleaned": "tab:orange"}
     for run in summary["runs"]:
-        rows = [r for r in read_metrics(Path(run["run_dir"])) if isinstance(r.get("loss"), float)]
+        rows = [r for r in read_metrics(Path(run["run_dir"])) if isinstance(r.get(TRAIN_LOSS), float)]
         label = f"{run['arm']} seed {run['seed']}"
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, color=colours[run["arm"]],
+        ax.plot([r["step"] for r in rows], [r[TRAIN_LOSS] for r in rows], lw=0.8, color=colours[run["arm"]],
                 alpha=0.8, label=label)
         steps = [e["step"] for e in read_events(Path(run["run_dir"]))]
-        ax.scatter(steps, [next((r["loss"] for r in rows if r["step"] == s), math.nan) for s in steps],
+        ax.scatter(steps, [next((r[TRAIN_LOSS] for r in rows if r["step"] == s), math.nan) for s in steps],
                    marker="x", color=colours[run["arm"]], s=20)
     ax.set_yscale("log")
     ax.set_xlabel("step")

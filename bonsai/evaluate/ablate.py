@@ -28,6 +28,7 @@ from bonsai.data.records import Record, in_eval_split
 from bonsai.data.textmetrics import normalise
 from bonsai.evaluate.compare import loss_breakdown
 from bonsai.evaluate.generation import average_by_category, generate, generation_rows, load_probes
+from bonsai.metric_keys import TRAIN_LOSS
 from bonsai.observe.metrics import read_metrics
 from bonsai.observe.report import read_events
 from bonsai.rundir import RunDir
@@ -138,8 +139,8 @@ def eval_sets(cfg: BonsaiConfig, excluded: frozenset[str], eval_data: str | None
 def curve_metrics(run_dir: Path, warmup_steps: int) -> dict[str, float]:
     """How smoothly the training loss fell: the spread of its step-to-step change after warm-up (over
     the logged steps), and how many instability events the detector raised."""
-    losses = [row["loss"] for row in read_metrics(run_dir)
-              if row.get("step", 0) > warmup_steps and isinstance(row.get("loss"), float)]
+    losses = [row[TRAIN_LOSS] for row in read_metrics(run_dir)
+              if row.get("step", 0) > warmup_steps and isinstance(row.get(TRAIN_LOSS), float)]
     changes = [b - a for a, b in zip(losses, losses[1:])]
     spread = statistics.stdev(changes) if len(changes) > 1 else 0.0
     return {"curve/loss_step_change_std": spread, "curve/events": float(len(read_events(run_dir))),
@@ -157,7 +158,7 @@ def measure(run: ArmRun, sets: EvalSets, cfg: BonsaiConfig, generate_limit: int)
         metrics |= loss_breakdown(model, tokenizer, sets.contested, decode.batch_size, prefix="contested_loss")
     prompts = [*sets.probes, *((r, r.output) for r in sets.heldout[:generate_limit])]
     records = [record for record, _ in prompts]
-    rows = generation_rows(records, generate(model, tokenizer, records, decode), [ref for _, ref in prompts])
+    rows = generation_rows(tokenizer, records, generate(model, tokenizer, records, decode), [ref for _, ref in prompts])
     metrics |= {k: v for k, v in average_by_category(rows, "gen").items() if k.count("/") == 1}
     metrics |= curve_metrics(run.run_dir, cfg.train.num_warmup_steps)
     return metrics

@@ -15,10 +15,11 @@ from bonsai.model.loading import load_for_inference
 from bonsai.data.packing import Document, Row, collate
 from bonsai.data.records import Record, Where
 from bonsai.data.stream import StreamPosition
-from bonsai.data.template import encode_record
+from bonsai.data.template import encode_record, use_template
+from bonsai.metric_keys import CATEGORY, EVAL_LOSS, GENERATION, LANGUAGE
 
 
-def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int, prefix: str = "loss") -> dict[str, float]:
+def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int, prefix: str = EVAL_LOSS) -> dict[str, float]:
     device = next(model.parameters()).device
     docs = [Document(r, encode_record(tokenizer, r), Where("eval", i), StreamPosition(0, i)) for i, r in enumerate(records)]
     batches = [collate([Row([d]) for d in docs[start : start + batch_size]], tokenizer.pad_token_id)
@@ -26,21 +27,25 @@ def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int, pre
     return breakdown_metrics(prefix, eval_loss_sums(model, batches, device, tokenizer.pad_token_id).tolist())
 
 
-def evaluate_model(path: str, records: list[Record], decode: DecodeConfig, generate_limit: int) -> dict:
-    model, tokenizer = load_for_inference(path)
+def evaluate_model(path: str, records: list[Record], decode: DecodeConfig, generate_limit: int,
+                   trust_remote_code: bool = False, template: str | None = None) -> dict:
+    model, tokenizer = load_for_inference(path, trust_remote_code)
+    if template:
+        use_template(tokenizer, template)
     metrics = loss_breakdown(model, tokenizer, records, decode.batch_size)
     sample = records[:generate_limit]
     outputs = generate(model, tokenizer, sample, decode)
-    rows = generation_rows(sample, outputs, [r.output for r in sample])
-    metrics.update(average_by_category(rows, "gen"))
+    rows = generation_rows(tokenizer, sample, outputs, [r.output for r in sample])
+    metrics.update(average_by_category(rows, GENERATION))
     return {"model": path, "metrics": metrics, "generations": rows}
 
 
-def compare(models: list[str], data: str, out_dir: Path, decode: DecodeConfig, generate_limit: int) -> dict:
+def compare(models: list[str], data: str, out_dir: Path, decode: DecodeConfig, generate_limit: int,
+            trust_remote_code: bool = False, template: str | None = None) -> dict:
     records = read_valid_records(data)
     if not records:
         raise ValueError(f"--data {data}: no valid records")
-    results = [evaluate_model(m, records, decode, generate_limit) for m in models]
+    results = [evaluate_model(m, records, decode, generate_limit, trust_remote_code, template) for m in models]
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"data": data, "records": len(records), "generated": min(generate_limit, len(records)),
                "models": [{"model": r["model"], "metrics": r["metrics"]} for r in results]}
@@ -71,8 +76,8 @@ def _plot(summary: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("loss/category/", "loss per category"), ("loss/lang/", "loss per language"),
-              ("gen/repeated_3gram_ratio/category/", "repeated 3-gram ratio per category")]
+    panels = [(EVAL_LOSS + CATEGORY, "loss per category"), (EVAL_LOSS + LANGUAGE, "loss per language"),
+              (f"{GENERATION}/repeated_3gram_ratio{CATEGORY}", "repeated 3-gram ratio per category")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
     n = len(summary["models"])
     for ax, (prefix, title) in zip(axes, panels):

@@ -11,11 +11,10 @@ import torch
 
 from bonsai.config import DecodeConfig
 from bonsai.data.records import BadRecord, Record, Where, validate_record
-from bonsai.data.template import encode_prompt, render_prompt
+from bonsai.data.template import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate, encode_prompt, template_of
 from bonsai.data.textmetrics import quality_metrics, repetition_metrics
+from bonsai.metric_keys import by_category
 
-# A model that starts the template's next section has finished its answer.
-STOP_TEXTS = ("\n### ",)
 DEFAULT_PROBES = Path(__file__).parents[1] / "probes" / "default.jsonl"
 
 
@@ -57,8 +56,9 @@ def prompt_batch(tokenizer, records: list[Record], device) -> tuple[torch.Tensor
     return ids.to(device), mask.to(device)
 
 
-def cut_at_stop(text: str) -> str:
-    for stop in STOP_TEXTS:
+def cut_at_stop(text: str, template: PromptTemplate = TEMPLATES[DEFAULT_TEMPLATE]) -> str:
+    """The answer up to where the model starts the template's next turn (it has finished there)."""
+    for stop in template.stop_texts:
         text = text.split(stop, 1)[0]
     return text.strip()
 
@@ -68,6 +68,7 @@ def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> l
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    template = template_of(tokenizer)
     outputs: list[str] = []
     for start in range(0, len(records), decode.batch_size):
         ids, mask = prompt_batch(tokenizer, records[start : start + decode.batch_size], device)
@@ -85,7 +86,7 @@ def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> l
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
         )[:, ids.shape[1] :]
-        outputs += [cut_at_stop(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+        outputs += [cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), template) for row in new]
     if was_training:
         model.train()
     return outputs
@@ -95,23 +96,25 @@ def score_generation(record: Record, output: str, reference: str | None) -> dict
     return {**repetition_metrics(output), **quality_metrics(record.category, output, reference)}
 
 
-def generation_rows(records: list[Record], outputs: list[str], references: list[str | None], step: int | None = None):
+def generation_rows(tokenizer, records: list[Record], outputs: list[str], references: list[str | None],
+                    step: int | None = None) -> list[dict]:
+    template = template_of(tokenizer)
     rows = []
     for record, output, reference in zip(records, outputs, references):
         rows.append({
             **({"step": step} if step is not None else {}),
             "id": record.id, "category": record.category, "lang": record.lang,
-            "prompt": render_prompt(record), "output": output, "reference": reference,
+            "prompt": template.render(record), "output": output, "reference": reference,
             "metrics": score_generation(record, output, reference),
         })
     return rows
 
 
 def average_by_category(rows: list[dict], prefix: str) -> dict[str, float]:
-    """`prefix/<metric>/category/<c>` averaged over rows, and `prefix/<metric>` over all."""
+    """`prefix/<metric>_by_category/<c>` averaged over rows, and `prefix/<metric>` over all."""
     sums: dict[str, list[float]] = {}
     for row in rows:
         for name, value in row["metrics"].items():
-            for key in (f"{prefix}/{name}", f"{prefix}/{name}/category/{row['category']}"):
+            for key in (f"{prefix}/{name}", by_category(f"{prefix}/{name}", row["category"])):
                 sums.setdefault(key, []).append(value)
     return {k: sum(v) / len(v) for k, v in sums.items()}

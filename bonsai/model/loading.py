@@ -15,6 +15,7 @@ from bonsai.model.loss_head import install_loss_head
 
 
 def load_tokenizer(checkpoint: str, cfg: ModelConfig):
+    """The tokenizer, with the chat template it was saved with (a trained model's prompt template)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             checkpoint, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -120,7 +121,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 def load_for_inference(path: str, trust_remote_code: bool = False):
     """A saved model for generation: a full or merged model dir, a hub id, or a LoRA adapter dir (its
-    base is read from adapter_config.json). Returns (model, tokenizer) on the GPU when there is one."""
+    base is read from adapter_config.json). Returns (model, tokenizer) on the GPU when there is one. The
+    tokenizer carries the prompt template saved with the model."""
     import json
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

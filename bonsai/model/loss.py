@@ -16,6 +16,7 @@ from bonsai.data.records import CATEGORIES, LANGUAGES
 from bonsai.data.packing import Batch, additive_mask, block_causal_mask
 from bonsai.data.records import Record
 from bonsai.data.template import IGNORE_INDEX
+from bonsai.metric_keys import CATEGORY, LANGUAGE
 from bonsai.model.attention import needs_dense_mask
 from bonsai.model.loss_head import find_loss_head
 
@@ -68,14 +69,14 @@ def _config_holder(model):
 
 
 # Loss broken down by category and language: fixed keys, so every rank reduces tensors of one shape.
-BREAKDOWN_KEYS = ["all", *(f"category/{c}" for c in CATEGORIES), *(f"lang/{lang}" for lang in LANGUAGES)]
+BREAKDOWN_KEYS = ["all", *(f"{CATEGORY}{c}" for c in CATEGORIES), *(f"{LANGUAGE}{lang}" for lang in LANGUAGES)]
 _SLOT = {k: i for i, k in enumerate(BREAKDOWN_KEYS)}
 
 
 def breakdown_sums(records: list[Record], record_loss_sum: torch.Tensor, record_tokens: torch.Tensor) -> torch.Tensor:
     """(len(BREAKDOWN_KEYS), 2) tensor of [loss sum, token count] per key, on the losses' device."""
     index = torch.tensor(
-        [[_SLOT["all"], _SLOT[f"category/{r.category}"], _SLOT[f"lang/{r.lang}"]] for r in records],
+        [[_SLOT["all"], _SLOT[f"{CATEGORY}{r.category}"], _SLOT[f"{LANGUAGE}{r.lang}"]] for r in records],
         dtype=torch.long, device=record_loss_sum.device,
     ).reshape(-1)
     values = torch.stack([record_loss_sum, record_tokens], dim=1).double().repeat_interleave(3, dim=0)
@@ -85,9 +86,10 @@ def breakdown_sums(records: list[Record], record_loss_sum: torch.Tensor, record_
 
 
 def breakdown_metrics(prefix: str, sums: list[list[float]]) -> dict[str, float]:
-    """`prefix` for the overall mean, `prefix/category/x` and `prefix/lang/y` for the rest (where counted)."""
+    """`prefix` for the overall mean, `prefix_by_category/x` and `prefix_by_language/y` for the rest (where
+    counted)."""
     return {
-        prefix if key == "all" else f"{prefix}/{key}": loss_sum / count
+        prefix if key == "all" else f"{prefix}{key}": loss_sum / count
         for key, (loss_sum, count) in zip(BREAKDOWN_KEYS, sums)
         if count
     }

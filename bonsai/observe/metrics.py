@@ -15,6 +15,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from bonsai.io import read_jsonl, write_jsonl
+from bonsai import metric_keys as keys
 from bonsai.rundir import RunDir
 
 
@@ -101,10 +102,11 @@ class ConsoleLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.bar.update(step - self._step)
         self._step = step
-        if "loss" in metrics:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics.get('lr', 0):.2e}", refresh=False)
-        if "eval/loss" in metrics:
-            self.bar.write(f"step {step}: eval loss {metrics['eval/loss']:.4f}", file=sys.stderr)
+        if keys.TRAIN_LOSS in metrics:
+            self.bar.set_postfix(loss=f"{metrics[keys.TRAIN_LOSS]:.4f}",
+                                 lr=f"{metrics.get(keys.LEARNING_RATE, 0):.2e}", refresh=False)
+        if keys.EVAL_LOSS in metrics:
+            self.bar.write(f"step {step}: eval loss {metrics[keys.EVAL_LOSS]:.4f}", file=sys.stderr)
 
 
     def log_rows(self, kind: str, rows: list[dict], step: int) -> None:

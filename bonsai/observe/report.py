@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bonsai.config import load_config
+from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, find_contradictions, find_language_mismatches, outvoted,
                                  translation_support, ungrounded)
 from bonsai.data.textmetrics import text_oddity
@@ -147,9 +148,9 @@ def _plot(run_dir: Path, metrics: list[dict], events: list[dict], suspects: list
     fig = plt.figure(figsize=(14, 11))
     grid = fig.add_gridspec(3, 2, height_ratios=[1.1, 1, 1.2])
     ax = fig.add_subplot(grid[0, :])
-    train = [(m["step"], m["loss"]) for m in metrics if isinstance(m.get("loss"), float)]
+    train = [(m["step"], m[keys.TRAIN_LOSS]) for m in metrics if isinstance(m.get(keys.TRAIN_LOSS), float)]
     ax.plot(*zip(*train), lw=1, label="train loss") if train else None
-    evals = [(m["step"], m["eval/loss"]) for m in metrics if "eval/loss" in m]
+    evals = [(m["step"], m[keys.EVAL_LOSS]) for m in metrics if keys.EVAL_LOSS in m]
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss")
     colors = {"loss_spike": "red", "grad_spike": "orange", "nonfinite": "black", "trend": "purple"}
@@ -159,14 +160,15 @@ def _plot(run_dir: Path, metrics: list[dict], events: list[dict], suspects: list
             ax.axvline(s, color=color, alpha=0.5, lw=1, label=kind if i == 0 else None)
     ax.set(title=f"{run_dir.name}: loss and instability events", xlabel="step", ylabel="loss")
     ax.legend(loc="upper right")
-    for col, prefix in enumerate(("loss/category/", "loss/lang/")):
+    for col, (kind, name) in enumerate(((keys.CATEGORY, "category"), (keys.LANGUAGE, "language"))):
         axc = fig.add_subplot(grid[1, col])
-        keys = sorted({k for m in metrics for k in m if k.startswith(prefix)})
-        for key in keys:
+        prefix = keys.TRAIN_LOSS + kind
+        shown = sorted({k for m in metrics for k in m if k.startswith(prefix)})
+        for key in shown:
             steps, values = zip(*[(m["step"], m[key]) for m in metrics if key in m])
             axc.plot(steps, _smooth(values), lw=1, label=key.removeprefix(prefix))
-        axc.set(title=f"train loss per {prefix.split('/')[1]} (EMA {SMOOTHING})", xlabel="step")
-        if keys:
+        axc.set(title=f"train loss per {name} (EMA {SMOOTHING})", xlabel="step")
+        if shown:
             axc.legend(fontsize=7)
     axt = fig.add_subplot(grid[2, :])
     axt.axis("off")

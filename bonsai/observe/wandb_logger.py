@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 from bonsai.config import WandbConfig
+from bonsai import metric_keys as keys
 from bonsai.rundir import RunDir
 
 GENERATION_COLUMNS = ["step", "id", "category", "lang", "prompt", "output", "reference", "metrics"]
@@ -58,13 +59,13 @@ class WandbLogger:
         )
         id_file.write_text(run_id)
         # Bonsai's own step is the x-axis: it goes back after a rollback, which W&B's _step cannot.
-        self.run.define_metric("train/step")
-        self.run.define_metric("*", step_metric="train/step")
+        self.run.define_metric(keys.STEP)
+        self.run.define_metric("*", step_metric=keys.STEP)
         self._events: list[list] = []
         self._generations: list[list] = []
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log({**metrics, "train/step": step})
+        self.run.log({**metrics, keys.STEP: step})
 
 
     def log_rows(self, kind: str, rows: list[dict], step: int) -> None:
@@ -75,7 +76,7 @@ class WandbLogger:
             self._generations += [[r["step"], r["id"], r["category"], r["lang"], r["prompt"], r["output"],
                                    r["reference"] or "", json.dumps(r["metrics"])] for r in rows]
             self.run.log({"probes": self._wandb.Table(columns=GENERATION_COLUMNS, data=self._generations),
-                          "train/step": step})
+                          keys.STEP: step})
 
     def _log_event(self, event: dict) -> None:
         value, threshold, severity = (_text(event[k]) for k in ("value", "threshold", "severity"))
@@ -85,7 +86,7 @@ class WandbLogger:
                              event["action"], top])
         # Tables are immutable in W&B: log the whole (small) table again so the latest holds every event.
         self.run.log({"events": self._wandb.Table(columns=EVENT_COLUMNS, data=self._events),
-                      "train/step": event["step"]})
+                      keys.STEP: event["step"]})
         self._wandb.alert(
             title=f"bonsai: {event['kind']} at step {event['step']}",
             text=f"{event['statistic']} = {value} (threshold {threshold}); "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from bonsai.config import MonitorConfig
 from bonsai.io import write_text_atomic
+from bonsai import metric_keys as keys
 from bonsai.evaluate.generation import Probe, average_by_category, generate, generation_rows
 from bonsai.model.loss import breakdown_metrics, eval_loss_sums
 from bonsai.observe.monitor import Event, RecordLossTracker, SpikeDetector, batch_records
@@ -177,15 +178,15 @@ class ThroughputCallback(Callback):
 
     def step_metrics(self, outcome: StepOutcome) -> dict[str, float]:
         stats, elapsed = outcome.stats, outcome.elapsed_s
-        metrics = {"tokens_per_s": stats.tokens / elapsed, "target_tokens_per_s": stats.target_tokens / elapsed,
-                   "step_time_s": elapsed}
+        metrics = {keys.TOKENS_PER_SECOND: stats.tokens / elapsed,
+                   keys.TARGET_TOKENS_PER_SECOND: stats.target_tokens / elapsed, keys.STEP_SECONDS: elapsed}
         if self.peak_flops:
             world = self.trainer.dist.world_size
-            metrics["mfu"] = stats.tokens / elapsed * self.flops_per_token / (self.peak_flops * world)
+            metrics[keys.MFU] = stats.tokens / elapsed * self.flops_per_token / (self.peak_flops * world)
         return metrics
 
     def post_step(self, outcome: StepOutcome) -> None:
-        loss = outcome.metrics.get("loss")
+        loss = outcome.metrics.get(keys.TRAIN_LOSS)
         if loss is not None and math.isfinite(loss):
             self.first_loss = loss if self.first_loss is None else self.first_loss
             self.last_loss = loss
@@ -252,14 +253,21 @@ class EvalCallback(PeriodicCallback):
 
     name = "eval"
 
+    def __init__(self):
+        self.last: dict[str, float] = {}  # the latest eval's metrics (the model card's results)
+
     def every(self) -> int:
         return self.trainer.cfg.eval.every_steps
 
     def _run(self, step: int) -> None:
         t = self.trainer
         metrics = evaluate(t.dist, t.model, t.data.rows("eval", epochs=1), t.cfg, t.tokenizer.pad_token_id)
+        self.last = metrics
         if t.logger and metrics:
             t.logger.log(metrics, step)
+
+    def summary(self) -> dict:
+        return {"eval_loss": self.last[keys.EVAL_LOSS]} if self.last else {}
 
 
 def evaluate(dist, model, rows, cfg, pad_id: int) -> dict[str, float]:
@@ -273,7 +281,7 @@ def evaluate(dist, model, rows, cfg, pad_id: int) -> dict[str, float]:
     if rounds == 0:
         return {}
     sums = eval_loss_sums(model, batches + [None] * (rounds - len(batches)), dist.device, pad_id)
-    return breakdown_metrics("eval/loss", dist.sum(sums).tolist())  # host sync: eval results are logged
+    return breakdown_metrics(keys.EVAL_LOSS, dist.sum(sums).tolist())  # host sync: eval results are logged
 
 
 class ProbeCallback(PeriodicCallback):
@@ -294,11 +302,11 @@ class ProbeCallback(PeriodicCallback):
         records = [p.record for p in mine]
         model = t.dist.accelerator.unwrap_model(t.model)
         outputs = generate(model, t.tokenizer, records, t.cfg.eval.decode) if mine else []
-        rows = generation_rows(records, outputs, [p.reference for p in mine], step)
+        rows = generation_rows(t.tokenizer, records, outputs, [p.reference for p in mine], step)
         rows = sorted((r for per_rank in t.dist.gather_objects(rows) for r in per_rank), key=lambda r: r["id"])
         if t.logger:
             t.logger.log_rows("generations", rows, step)
-            t.logger.log(average_by_category(rows, "probe"), step)
+            t.logger.log(average_by_category(rows, keys.PROBE), step)
 
 
 class Callbacks:
@@ -331,6 +339,9 @@ class Callbacks:
 
     def summary(self) -> dict:
         return {k: v for cb in self.callbacks for k, v in cb.summary().items()}
+
+    def find(self, name: str) -> Callback | None:
+        return next((cb for cb in self.callbacks if cb.name == name), None)
 
     def state_dict(self) -> dict:
         return {cb.name: cb.state_dict() for cb in self.callbacks}

@@ -10,6 +10,7 @@ import torch
 
 from bonsai.train.checkpoint import STATE_FILE
 from bonsai.config import load_config
+from bonsai.data.template import use_template
 from bonsai.model.loading import load_model, load_tokenizer, resolve_save_dtype, save_final_model
 from bonsai.model.source import resolve_checkpoint
 from bonsai.train.distributed import resolve_precision
@@ -56,5 +57,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
         raise ExportError(f"{checkpoint}: weights do not fit {source} ({cfg.model.finetune}): "
                           f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     save_dtype = resolve_save_dtype(cfg.train.save_dtype, resolve_precision(cfg.train.precision))
-    return save_final_model(model, load_tokenizer(source, cfg.model), model_cfg, Path(out), model.state_dict(),
+    tokenizer = load_tokenizer(source, cfg.model)
+    use_template(tokenizer, cfg.model.template)
+    return save_final_model(model, tokenizer, model_cfg, Path(out), model.state_dict(),
                             source, save_dtype)

@@ -14,6 +14,7 @@ from bonsai.train.distributed import Dist
 from bonsai.model.loss import breakdown_metrics, breakdown_sums, forward_loss
 from bonsai.data.packing import Batch, Row, collate
 from bonsai.data.records import Record
+from bonsai.metric_keys import TRAIN_LOSS
 
 
 @dataclass
@@ -77,7 +78,8 @@ def apply_update(optimizer, scheduler, skip: bool = False) -> None:
 def train_breakdown(dist: Dist, stats: StepStats) -> dict[str, float]:
     """Train loss per category and language for this step (a collective: call it on every rank)."""
     sums = breakdown_sums(stats.records, stats.record_loss_sum, stats.record_tokens)
-    return {k: v for k, v in breakdown_metrics("loss", dist.sum(sums).tolist()).items() if k != "loss"}
+    metrics = breakdown_metrics(TRAIN_LOSS, dist.sum(sums).tolist())
+    return {k: v for k, v in metrics.items() if k != TRAIN_LOSS}
 
 
 def micro_batches_of(rows: list[Row], size: int, pad_id: int, pad_to: int | None) -> list[Batch]:

@@ -43,6 +43,10 @@ from bonsai.train.preemption import StopRequest, preempted_exit_code, write_stop
 from bonsai.train.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
 from bonsai.io import write_json, write_jsonl
 from bonsai.rundir import RunDir
+from bonsai.data.template import use_template
+from bonsai.train.model_card import write_model_cards
+from bonsai.version import package_version
+from bonsai import metric_keys as keys
 from bonsai.data.stream import StreamPosition, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
 from bonsai.data.scan_cache import ScanCache, settings_fingerprint
@@ -122,8 +126,9 @@ class Trainer:
         with dist.accelerator.main_process_first():
             self.model_source = resolve_checkpoint(cfg)
         self.tokenizer = load_tokenizer(self.model_source, cfg.model)
+        use_template(self.tokenizer, cfg.model.template)  # saved with the model as its chat template
         self.data = RankData(cfg.data, self.tokenizer, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
-        counts = scan_data(dist, self.data, cfg, self.run)
+        counts = self.data_counts = scan_data(dist, self.data, cfg, self.run)
         self.say(f"data: {counts['train_records']} train and {counts['eval_records']} eval records in "
                  f"{len(self.data.shards)} shard(s), {counts['bad_records']} bad (quarantined), "
                  f"{counts['train_target_tokens']} response tokens/epoch; scanned in {counts['scan_s']:.1f} s "
@@ -305,12 +310,12 @@ class Trainer:
             return
         stats = outcome.stats
         outcome.metrics = {
-            "loss": stats.loss.item(),  # host sync: logging only
-            "grad_norm": stats.grad_norm.item(),
-            "lr": self.scheduler.get_last_lr()[0],
-            "tokens_seen": state.tokens_seen,
-            "target_tokens_seen": state.target_tokens_seen,
-            "skipped": int(outcome.action == "skip"),
+            keys.TRAIN_LOSS: stats.loss.item(),  # host sync: logging only
+            keys.GRAD_NORM: stats.grad_norm.item(),
+            keys.LEARNING_RATE: self.scheduler.get_last_lr()[0],
+            keys.TOKENS_SEEN: state.tokens_seen,
+            keys.TARGET_TOKENS_SEEN: state.target_tokens_seen,
+            keys.SKIPPED: int(outcome.action == "skip"),
             "data/epoch": self.rows.position.epoch,
             "data/taken": self.rows.position.taken,
             **train_breakdown(self.dist, stats),
@@ -400,8 +405,16 @@ class Trainer:
                    "model_dirs": [str(p) for p in written]}
         if dist.is_main:
             write_json(self.run.summary, summary)
+            write_model_cards(written, self.cfg, self._card_facts(summary))
         self.say("done: " + json.dumps(summary))
         return 0
+
+    def _card_facts(self, summary: dict) -> dict:
+        eval_cb, mixed = self.callbacks.find("eval"), self.dist.accelerator.mixed_precision
+        return {"version": package_version(), "world_size": self.dist.world_size, "global_batch": self.state.global_batch,
+                "zero_stage": self.dist.zero_stage, "precision": "fp32" if mixed == "no" else mixed,
+                "save_dtype": str(resolve_save_dtype(self.cfg.train.save_dtype, mixed)).removeprefix("torch."),
+                "counts": self.data_counts, "summary": summary, "eval": eval_cb.last if eval_cb else {}}
 
     def explain_failure(self, err: Exception) -> Exception:
         """A failed collective names the step, the likely cause and the checkpoint to resume from."""
@@ -446,7 +459,7 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
     rows = dist.gather_objects(
         ([b.as_quarantine_row() for b in report.bad], [str(b) for b in report.bad],
          report.train_records, report.eval_records, report.train_target_tokens, cache.hits, cache.misses,
-         report.excluded)
+         report.excluded, report.train_by_group)
     )
     bad_rows = [r for per_rank in rows for r in per_rank[0]]
     bad_text = [t for per_rank in rows for t in per_rank[1]]
@@ -459,6 +472,7 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
         "parts": sum(r[5] + r[6] for r in rows),
         "scan_s": time.perf_counter() - begun,
         "excluded_found": sorted({i for r in rows for i in r[7]}),
+        "train_by_group": {g: sum(r[8].get(g, 0) for r in rows) for g in sorted({g for r in rows for g in r[8]})},
     }
     # Items per epoch: excluded records hold their place in the stream like any other.
     counts["items"] = (counts["train_records"] + counts["eval_records"] + counts["bad_records"]

@@ -1,0 +1,37 @@
+"""Names of the logged metrics (W&B and RUN_DIR/metrics.jsonl), in the convention of HF's Trainer and TRL:
+`train/...` for training, `eval/...` for evaluation, and a breakdown as `<metric>_by_category/<c>` or
+`<metric>_by_language/<l>`. Every writer and reader takes its names from here; README "Metrics" lists them.
+"""
+
+from __future__ import annotations
+
+STEP = "train/global_step"  # the W&B x-axis; metrics.jsonl rows carry it as "step"
+TRAIN_LOSS = "train/loss"
+LEARNING_RATE = "train/learning_rate"
+GRAD_NORM = "train/grad_norm"
+TOKENS_SEEN = "train/num_input_tokens_seen"
+TARGET_TOKENS_SEEN = "train/num_target_tokens_seen"
+SKIPPED = "train/skipped_step"
+TOKENS_PER_SECOND = "train/tokens_per_second"
+TARGET_TOKENS_PER_SECOND = "train/target_tokens_per_second"
+STEP_SECONDS = "train/step_seconds"
+MFU = "train/mfu"
+EVAL_LOSS = "eval/loss"
+PROBE = "probe"  # generation metrics of the fixed probe questions during training: probe/<metric>
+GENERATION = "eval/generation"  # generation metrics of `bonsai eval` on held-out records
+
+CATEGORY = "_by_category/"
+LANGUAGE = "_by_language/"
+
+
+def by_category(metric: str, category: str) -> str:
+    return f"{metric}{CATEGORY}{category}"
+
+
+def by_language(metric: str, lang: str) -> str:
+    return f"{metric}{LANGUAGE}{lang}"
+
+
+def breakdown_of(key: str, metric: str, kind: str) -> str | None:
+    """The category (kind CATEGORY) or language (LANGUAGE) of a breakdown key of `metric`, else None."""
+    return key.removeprefix(metric + kind) if key.startswith(metric + kind) else None
