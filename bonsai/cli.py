@@ -16,6 +16,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonsai", description="Supervised fine-tuning of small language models.")
     parser.add_argument("--version", action="version", version=f"bonsai {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="write a ready project: configs, launch files, DeepSpeed configs, the sbatch "
+                                       "template, sample data and a README",
+                          description="Run Bonsai's commands from DIR afterwards (its files name each other relative "
+                                      "to it).")
+    init.add_argument("directory", metavar="DIR", help="a new (or empty) directory")
     train = sub.add_parser(
         "train",
         help="fine-tune a model (run under `accelerate launch` for several processes)",
@@ -204,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "init":
+        return _init(args)
     if args.command == "generate":
         return _generate(args)
     if args.command == "eval":
@@ -336,6 +343,21 @@ def _generate(args) -> int:
     else:
         for row in generation_rows(tokenizer, records, outputs, references):
             print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def _init(args) -> int:
+    from pathlib import Path
+
+    from bonsai.shipped import init_project
+
+    try:
+        written = init_project(Path(args.directory))
+    except (FileExistsError, FileNotFoundError) as err:
+        print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files into {args.directory}; next: cd {args.directory} && "
+          f"WANDB_MODE=offline bonsai train configs/demo.yaml")
     return 0
 
 

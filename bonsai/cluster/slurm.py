@@ -19,8 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bonsai.config import BonsaiConfig, ConfigError, load_config
+from bonsai.shipped import project_file
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
+TEMPLATE = "slurm/train.sbatch"  # the project's own copy (bonsai init writes it), else the shipped one
 SCONTROL_TIMEOUT_S = 30
 # Below Linux's ephemeral range (32768-60999), so no client socket of another job sits on them.
 PORT_BASE, PORT_SPAN = 20000, 12000
@@ -136,11 +137,12 @@ class Submission:
 
 
 def submit(config: str, overrides: list[str], opts: SubmitOptions, dry_run: bool = False,
-           template: Path = TEMPLATE) -> Submission:
+           template: Path | None = None) -> Submission:
     cfg = load_config(config, overrides)
     check_options(opts, cfg)
+    template = template or project_file(TEMPLATE)
     if not template.is_file():
-        raise SlurmError(f"sbatch template {template} not found (it ships in the repository's slurm/ directory)")
+        raise SlurmError(f"sbatch template {template} not found (`bonsai init DIR` writes one into a new project)")
     run_dir = Path(cfg.train.output_dir).resolve()
     script = render(template.read_text(encoding="utf-8"), opts, run_dir, Path.cwd())
     rendered = run_dir / "slurm" / "train.sbatch"
