@@ -6,12 +6,14 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from bonsai.config import ModelConfig
 from bonsai.errors import ModelSourceError
 from bonsai.model.attention import resolve_attention
 from bonsai.model.merge import local_model_dir, merge_lora_shards, set_saved_dtype
 from bonsai.model.loss_head import install_loss_head
+from bonsai.model.zero3_load import load_zero3_streamed, safetensors_files
 
 
 def load_tokenizer(checkpoint: str, cfg: ModelConfig):
@@ -33,15 +35,24 @@ def load_tokenizer(checkpoint: str, cfg: ModelConfig):
     return tokenizer
 
 
-def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, device_type: str = "cpu"):
-    model = AutoModelForCausalLM.from_pretrained(
-        checkpoint,
-        revision=cfg.revision,
-        dtype=weights_dtype,
-        attn_implementation=resolve_attention(cfg.attn_implementation, device_type),
-        trust_remote_code=cfg.trust_remote_code,
-        use_safetensors=None if cfg.trust_remote_code else True,
-    )
+def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, device_type: str = "cpu",
+               main_process: bool = True):
+    """Under ZeRO-3 with a model that is built partitioned, every rank calls this; `main_process` is the
+    one that reads the weights (rank 0)."""
+    attention = resolve_attention(cfg.attn_implementation, device_type)
+    directory = _local_safetensors_dir(checkpoint, cfg.revision)
+    if directory is not None and is_deepspeed_zero3_enabled():
+        model = load_zero3_streamed(directory, main_process, dtype=weights_dtype, attn_implementation=attention,
+                                    trust_remote_code=cfg.trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint,
+            revision=cfg.revision,
+            dtype=weights_dtype,
+            attn_implementation=attention,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=None if cfg.trust_remote_code else True,
+        )
     model.config.use_cache = False  # no KV cache in training; it only costs memory
     if cfg.loss_chunk_tokens:
         install_loss_head(model, cfg.loss_chunk_tokens)
@@ -54,6 +65,16 @@ def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, de
     if cfg.finetune == "lora":
         model = wrap_lora(model, cfg)
     return model
+
+
+def _local_safetensors_dir(checkpoint: str, revision: str | None) -> Path | None:
+    """The checkpoint's local directory when its weights are safetensors files (a hub id once it is in the
+    local cache), else None (then transformers loads it its own way)."""
+    try:
+        directory = local_model_dir(checkpoint, revision)
+    except (OSError, ValueError):  # not in the local cache, or no hub id: from_pretrained says what is wrong
+        return None
+    return directory if safetensors_files(directory) else None
 
 
 def wrap_lora(model, cfg: ModelConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import warnings
 from dataclasses import dataclass
@@ -119,6 +120,27 @@ def set_cpu_threads(requested: int | None) -> str:
         threads, why = max(1, cores // local), f"{cores} core(s) / {local} process(es) on this node"
     torch.set_num_threads(threads)
     return f"threads: {threads} per process ({why})"
+
+
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_malloc_mmap_threshold() -> bool:
+    """Host-memory blocks of 1 MiB and more are mapped on their own, so freeing one returns it to the
+    system. glibc's default threshold rises to the largest block freed (up to 32 MiB): once the first
+    weight matrices are freed (ZeRO-3 partitioning what it built, a state dict once copied), blocks of
+    that size come from the heap and the process keeps its peak. Measured: a 0.9 B-parameter Phi under
+    ZeRO-3 on 2 CPU ranks held 3.2-3.4 GiB per rank for a 1.66 GiB partition; with this, 2.0 GiB. A
+    user's MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        done = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to fix
+        return False
+    return done == 1
 
 
 def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:

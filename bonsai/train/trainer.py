@@ -29,7 +29,8 @@ from bonsai.train.lock import RunLock
 from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
 from bonsai.train.deepspeed import fill_deepspeed_config
-from bonsai.train.distributed import Dist, is_peer_failure, launcher_world_size, set_cpu_threads, setup_distributed
+from bonsai.train.distributed import (Dist, fix_malloc_mmap_threshold, is_peer_failure, launcher_world_size, set_cpu_threads,
+                                      setup_distributed)
 from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable, report_now
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
@@ -79,6 +80,7 @@ def train(cfg: BonsaiConfig) -> int:
     started = time.perf_counter()
     accumulation = cfg.check_world_size(launcher_world_size())
     threads = set_cpu_threads(cfg.distributed.threads_per_process)
+    fix_malloc_mmap_threshold()  # before the model is built: freed weights must go back to the system
     dist = setup_distributed(cfg, accumulation)
     trainer = Trainer(cfg, dist, accumulation)
     trainer.say(threads)
@@ -224,7 +226,7 @@ class Trainer:
         if cfg.model.finetune == "lora" and dist.accelerator.mixed_precision == "bf16":
             self.weights_dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
         set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
-        model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type)
+        model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type, dist.is_main)
         self.say(describe_attention(model.config._attn_implementation, cfg.model.loss_chunk_tokens))
         total, trainable = count_parameters(model)
         self.say(f"model: {self.model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
