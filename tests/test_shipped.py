@@ -218,9 +218,9 @@ def test_zero_memory_per_rank_and_export_of_a_zero3_checkpoint(shipped_run, tmp_
 
 MALLOC_PROBE = """
 import sys, psutil, torch
-from bonsai.train.distributed import fix_malloc_mmap_threshold
+from bonsai.train.distributed import SETUP_MMAP_THRESHOLD, set_malloc_mmap_threshold
 if sys.argv[1] == "fixed":
-    assert fix_malloc_mmap_threshold()
+    assert set_malloc_mmap_threshold(SETUP_MMAP_THRESHOLD)
 rss = lambda: psutil.Process().memory_info().rss / 2**20
 first = torch.empty(26 << 18)  # 26 MiB, written and freed: glibc's threshold rises past the blocks below
 first.fill_(1)
@@ -235,7 +235,7 @@ print(peak - rss())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_freed_weights_go_back_to_the_system():
     """Under glibc's default the 780 MiB freed stay with the process (the heap cannot shrink below the
-    last block); with the threshold Bonsai sets at start-up they are returned."""
+    last block); with the threshold Bonsai sets while it builds the model they are returned."""
     returned = {how: float(subprocess.run([sys.executable, "-c", MALLOC_PROBE, how], cwd=ROOT, capture_output=True,
                                           text=True, timeout=120, check=True).stdout) for how in ("default", "fixed")}
     assert returned["default"] < 100 and returned["fixed"] > 700, returned

@@ -29,8 +29,8 @@ from bonsai.train.lock import RunLock
 from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
 from bonsai.train.deepspeed import fill_deepspeed_config
-from bonsai.train.distributed import (Dist, fix_malloc_mmap_threshold, is_peer_failure, launcher_world_size, set_cpu_threads,
-                                      setup_distributed)
+from bonsai.train.distributed import (SETUP_MMAP_THRESHOLD, TRAINING_MMAP_THRESHOLD, Dist, is_peer_failure,
+                                      launcher_world_size, set_cpu_threads, set_malloc_mmap_threshold, setup_distributed)
 from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable, report_now
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
@@ -80,12 +80,13 @@ def train(cfg: BonsaiConfig) -> int:
     started = time.perf_counter()
     accumulation = cfg.check_world_size(launcher_world_size())
     threads = set_cpu_threads(cfg.distributed.threads_per_process)
-    fix_malloc_mmap_threshold()  # before the model is built: freed weights must go back to the system
+    set_malloc_mmap_threshold(SETUP_MMAP_THRESHOLD)  # before the model is built: freed weights go back
     dist = setup_distributed(cfg, accumulation)
     trainer = Trainer(cfg, dist, accumulation)
     trainer.say(threads)
     try:
         code = trainer.setup()
+        set_malloc_mmap_threshold(TRAINING_MMAP_THRESHOLD)
         if code is None:
             code = trainer.fit()
         if code is None:
