@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from common import ROOT, run_bonsai, write_data
+from common import ROOT, run_bonsai
 
 sys.path.insert(0, str(ROOT / "tests"))
+from conftest import write_shards  # noqa: E402  (planted.py imports conftest too)
 from planted import varied_planted_set  # noqa: E402
 
 from bonsai.data.records import in_eval_split  # noqa: E402
@@ -38,7 +39,7 @@ def bonsai(*args: str) -> str:
 
 
 def walkthrough(work: Path, records: list[dict], planted: set[str], top: int, steps: int, seeds: int) -> None:
-    data = write_data(work / "data", records)
+    data = write_shards(work / "data", records)
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["data"]["path"] = str(data)
     cfg["model"]["cache_dir"] = str(work.parent / "model-cache")

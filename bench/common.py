@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -42,11 +41,3 @@ def step_rows(run_dir: Path) -> dict[int, dict]:
     """metrics.jsonl's training rows (those with a loss) by step."""
     return {r["step"]: r for r in read_metrics(run_dir) if "train/loss" in r}
 
-
-def write_data(directory: Path, records: list[dict], shards: int = 3) -> Path:
-    """`records` as JSONL shards in `directory`, dealt round-robin."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for s in range(shards):
-        lines = [json.dumps(r, ensure_ascii=False) for r in records[s::shards]]
-        (directory / f"part-{s:05d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory

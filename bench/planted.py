@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import ROOT, run_bonsai, write_data
+from common import ROOT, run_bonsai
 
 sys.path.insert(0, str(ROOT / "tests"))
+from conftest import write_shards  # noqa: E402  (planted.py imports conftest too)
 from planted import PLANT_KINDS, precision_recall_at_k, varied_planted_set  # noqa: E402
 
 from bonsai.data.records import Where, validate_record  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
             data_only = [s["id"] for s in score_records(valid, {}, []) if s["why"]]
             print(row(f"{ratio:.0%} seed {seed}: data only", data_only, records, kinds))
             with tempfile.TemporaryDirectory() as tmp:
-                run_dir = train(Path(tmp), write_data(Path(tmp) / "data", records), args.steps)
+                run_dir = train(Path(tmp), write_shards(Path(tmp) / "data", records), args.steps)
                 trained = [s["id"] for s in find_suspects(run_dir)]
             print(row(f"{ratio:.0%} seed {seed}: {args.steps} steps", trained, records, kinds), flush=True)
 

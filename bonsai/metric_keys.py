@@ -27,11 +27,3 @@ LANGUAGE = "_by_language/"
 def by_category(metric: str, category: str) -> str:
     return f"{metric}{CATEGORY}{category}"
 
-
-def by_language(metric: str, lang: str) -> str:
-    return f"{metric}{LANGUAGE}{lang}"
-
-
-def breakdown_of(key: str, metric: str, kind: str) -> str | None:
-    """The category (kind CATEGORY) or language (LANGUAGE) of a breakdown key of `metric`, else None."""
-    return key.removeprefix(metric + kind) if key.startswith(metric + kind) else None

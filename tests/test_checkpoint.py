@@ -11,6 +11,7 @@ from bonsai.train.checkpoint import (TMP_PREFIX, TrainerState, checkpoints_dir, 
                                list_checkpoints, load_checkpoint, save_checkpoint)
 from bonsai.config import config_from_dict
 from bonsai.train.distributed import Dist
+from bonsai.train.reshard import needs_reshard
 from bonsai.train.resize import resume_accumulation
 from conftest import base_config
 
@@ -73,21 +74,31 @@ def _saved(world_size, zero_stage, global_batch=8):
 
 def test_another_world_size_keeps_the_global_batch_under_ddp(tmp_path):
     cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))  # micro-batch 4
-    assert resume_accumulation(_saved(2, 0), tmp_path, cfg, 1, 0, 1) == (
+    assert resume_accumulation(_saved(2, 0), tmp_path, cfg, 1, 1) == (
         2, "resuming a 2-process checkpoint on 1: global batch 8 kept (1 x micro-batch 4 x accumulation 2)")
-    assert resume_accumulation(_saved(2, 0), tmp_path, cfg, 2, 0, 1) == (1, None)
+    assert resume_accumulation(_saved(2, 0), tmp_path, cfg, 2, 1) == (1, None)
+    assert resume_accumulation(_saved(2, 3), tmp_path, cfg, 1, 1)[0] == 2  # ZeRO partitions: resharded
+
+
+def test_what_is_resharded_and_what_loads_as_it_is():
+    def reshard(saved_world, saved_stage, world, stage, saved_offload=False, offload=False):
+        saved = TrainerState(world_size=saved_world, zero_stage=saved_stage, offload=saved_offload)
+        return needs_reshard(saved, world, stage, offload)
+
+    assert not reshard(2, 0, 1, 0)  # DDP files are whole: loaded as they are on any number of processes
+    assert not reshard(2, 3, 2, 3) and not reshard(2, 3, 2, 3, True, True)
+    assert reshard(2, 3, 1, 3) and reshard(2, 2, 4, 2)  # ZeRO partitions for another number of ranks
+    assert reshard(2, 3, 2, 0) and reshard(2, 0, 2, 1) and reshard(2, 1, 2, 2)  # another strategy
+    assert reshard(2, 3, 2, 3, False, True)  # offload swaps AdamW for DeepSpeedCPUAdam
+    assert not reshard(2, None, 2, 3) and not reshard(2, 3, 2, 3, None, True)  # not recorded: as before
 
 
 def test_a_layout_that_cannot_resume_is_refused_with_the_options(tmp_path):
     cfg = config_from_dict(base_config(tmp_path / "run", tmp_path))
     with pytest.raises(CheckpointMismatch, match=r"global batch of 8.*3 process.*Launch 1, 2 process\(es\)$"):
-        resume_accumulation(_saved(2, 0), tmp_path, cfg, 3, 0, 1)
+        resume_accumulation(_saved(2, 0), tmp_path, cfg, 3, 1)
     with pytest.raises(CheckpointMismatch, match="global batch of 12.*Launch 1, 3 process.*micro_batch_size to one of "
                                                  "1, 2, 3, 6 for 2"):
-        resume_accumulation(_saved(3, 0, 12), tmp_path, cfg, 2, 0, 1)
-    with pytest.raises(CheckpointMismatch, match="ZeRO-3 partitions for 2 process.*this run has 1.*Relaunch with 2"):
-        resume_accumulation(_saved(2, 3), tmp_path, cfg, 1, 3, 1)
-    with pytest.raises(CheckpointMismatch, match="written under DeepSpeed ZeRO-3, this run uses DDP"):
-        resume_accumulation(_saved(2, 3), tmp_path, cfg, 2, 0, 1)
+        resume_accumulation(_saved(3, 0, 12), tmp_path, cfg, 2, 1)
     with pytest.raises(CheckpointMismatch, match="written before Bonsai could resize.*Relaunch with 2"):
-        resume_accumulation(_saved(2, None, 0), tmp_path, cfg, 1, 0, 1)
+        resume_accumulation(_saved(2, None, 0), tmp_path, cfg, 1, 1)

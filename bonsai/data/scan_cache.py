@@ -11,6 +11,7 @@ shard is scanned again.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +40,13 @@ class ScanReport:
     bad: list[BadRecord] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     """Ids of the records data.exclude left out (they still hold their place in the stream)."""
-    train_by_group: dict[str, int] = field(default_factory=dict)
+    train_by_group: Counter[str] = field(default_factory=Counter)
     """Training records per "category/lang" (the model card's data summary)."""
 
     def count_train(self, category: str, lang: str, target_tokens: int) -> None:
         self.train_records += 1
         self.train_target_tokens += target_tokens
-        group = f"{category}/{lang}"
-        self.train_by_group[group] = self.train_by_group.get(group, 0) + 1
+        self.train_by_group[f"{category}/{lang}"] += 1
 
     @property
     def items(self) -> int:
@@ -58,8 +58,7 @@ class ScanReport:
         self.train_target_tokens += other.train_target_tokens
         self.bad += other.bad
         self.excluded += other.excluded
-        for group, n in other.train_by_group.items():
-            self.train_by_group[group] = self.train_by_group.get(group, 0) + n
+        self.train_by_group.update(other.train_by_group)
 
     def to_dict(self) -> dict:
         return {"train_records": self.train_records, "eval_records": self.eval_records,
@@ -70,7 +69,7 @@ class ScanReport:
     def from_dict(cls, d: dict) -> ScanReport:
         bad = [BadRecord(Where(b["path"], b["line"]), b["field"], b["reason"], b["raw"]) for b in d["bad"]]
         return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad, list(d["excluded"]),
-                   dict(d["train_by_group"]))
+                   Counter(d["train_by_group"]))
 
 
 def shard_identity(url: str) -> str:

@@ -40,8 +40,8 @@ def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, de
     """Under ZeRO-3 with a model that is built partitioned, every rank calls this; `main_process` is the
     one that reads the weights (rank 0)."""
     attention = resolve_attention(cfg.attn_implementation, device_type)
-    directory = _local_safetensors_dir(checkpoint, cfg.revision)
-    if directory is not None and is_deepspeed_zero3_enabled():
+    directory = _local_safetensors_dir(checkpoint, cfg.revision) if is_deepspeed_zero3_enabled() else None
+    if directory is not None:
         model = load_zero3_streamed(directory, main_process, dtype=weights_dtype, attn_implementation=attention,
                                     trust_remote_code=cfg.trust_remote_code)
     else:

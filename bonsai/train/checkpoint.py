@@ -41,6 +41,7 @@ class TrainerState:
     data_layouts: dict[str, dict] = field(default_factory=dict)  # bonsai.data.elastic, per epoch
     global_batch: int = 0  # rows per optimizer step, all ranks: kept when the world size changes
     zero_stage: int | None = None  # 0: DDP or one process; None: written before Bonsai recorded it
+    offload: bool | None = None  # ZeRO's optimizer on the CPU (another optimizer class); None: not recorded
     finished: bool = False
     rollbacks: int = 0
     skipped_steps: int = 0

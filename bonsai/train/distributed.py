@@ -72,6 +72,13 @@ class Dist:
         return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin else 0
 
     @property
+    def offload(self) -> bool:
+        """Whether ZeRO keeps the optimizer on the CPU (Accelerate then swaps AdamW for DeepSpeedCPUAdam)."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        device = plugin.deepspeed_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") if plugin else None
+        return device not in (None, "none")
+
+    @property
     def device(self) -> torch.device:
         return self.accelerator.device
 

@@ -4,8 +4,8 @@ What is kept: the global batch (rows per optimizer step over all ranks; the accu
 the step count and LR schedule (Accelerate's scheduler state), and the data: every rank's position is
 merged into a layout of what remains of the epoch (bonsai.data.elastic), so no record is trained twice
 and none is skipped. Model and optimizer state load as they are under DDP (they are whole on every
-rank). ZeRO partitions are per rank, and a checkpoint from another strategy has another format: both
-are refused with what to do instead.
+rank); ZeRO partitions for another number of ranks, and a checkpoint from another strategy, are
+resharded (bonsai.train.reshard).
 """
 
 from __future__ import annotations
@@ -24,26 +24,15 @@ from bonsai.errors import CheckpointMismatch
 from bonsai.train.checkpoint import TrainerState
 
 
-def strategy_name(zero_stage: int) -> str:
-    return f"DeepSpeed ZeRO-{zero_stage}" if zero_stage else "DDP (or one process)"
-
-
 def resume_accumulation(saved: TrainerState, checkpoint: Path, cfg: BonsaiConfig, world_size: int,
-                        zero_stage: int, accumulation: int) -> tuple[int, str | None]:
+                        accumulation: int) -> tuple[int, str | None]:
     """This run's accumulation when it resumes `checkpoint`, and a line to say when it differs from the
     config's: the one that keeps the checkpoint's global batch. Raises CheckpointMismatch, naming the
     options, for a layout that cannot resume it."""
-    if saved.zero_stage is not None and saved.zero_stage != zero_stage:
+    if saved.zero_stage is None and saved.world_size != world_size:
         raise CheckpointMismatch(
-            f"{checkpoint} was written under {strategy_name(saved.zero_stage)}, this run uses "
-            f"{strategy_name(zero_stage)}: their checkpoints differ in format and Bonsai does not convert "
-            f"between them yet. Relaunch with the launch config that wrote it, or start a new output_dir")
-    if saved.world_size != world_size and (zero_stage or saved.zero_stage is None):
-        kind = f"ZeRO-{zero_stage} partitions" if zero_stage else "data positions (written before Bonsai could resize)"
-        raise CheckpointMismatch(
-            f"{checkpoint} holds {kind} for {saved.world_size} process(es), this run has {world_size}: "
-            f"resuming on another number of processes works for DDP checkpoints only, for now. "
-            f"Relaunch with {saved.world_size} processes, or start a new output_dir")
+            f"{checkpoint} holds data positions for {saved.world_size} process(es), written before Bonsai could "
+            f"resize, this run has {world_size}. Relaunch with {saved.world_size} processes, or start a new output_dir")
     if not saved.global_batch:
         return accumulation, None  # an older checkpoint, same world size: the config decides, as before
     micro = cfg.train.micro_batch_size

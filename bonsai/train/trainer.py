@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import replace
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunD
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.attention import describe_attention
-from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, numel, resolve_save_dtype,
+from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, resolve_save_dtype,
                                   save_final_model)
 from bonsai.model.source import resolve_checkpoint
 from bonsai.observe.monitor import Event, strongest_action
@@ -51,6 +52,8 @@ from bonsai import metric_keys as keys
 from bonsai.data.stream import StreamPosition, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
 from bonsai.data.scan_cache import ScanCache, settings_fingerprint
+from bonsai.train.optimizer import build_optimizer
+from bonsai.train.reshard import SCRATCH_PREFIX, load_resharded, needs_reshard
 from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
 from bonsai.observe.wandb_logger import resolve_mode
 
@@ -187,8 +190,7 @@ class Trainer:
         """Whether this many processes, under this strategy, can resume `checkpoint`, and the accumulation
         that keeps its global batch."""
         dist, saved = self.dist, read_trainer_state(checkpoint)
-        accumulation, said = resume_accumulation(saved, checkpoint, self.cfg, dist.world_size, dist.zero_stage,
-                                                 self.accumulation)
+        accumulation, said = resume_accumulation(saved, checkpoint, self.cfg, dist.world_size, self.accumulation)
         if said:
             self.say(said)
         self.accumulation = dist.accelerator.gradient_accumulation_steps = accumulation
@@ -244,15 +246,26 @@ class Trainer:
     def _load(self, checkpoint: Path) -> None:
         """Model, optimizer, scheduler, RNG and counters from `checkpoint`, and every callback's state."""
         try:
-            self.state = load_checkpoint(self.dist, checkpoint)
+            self.state = self._load_state(checkpoint)
         except CheckpointMismatch:
             raise
         except (OSError, RuntimeError, ValueError) as err:  # sizes verified, contents not: say which one
             raise CheckpointMismatch(f"{checkpoint} verified but could not be loaded ({str(err).splitlines()[0][:200]}); "
                                      f"move it aside to resume from the one before") from err
-        states = checkpoint / CALLBACK_STATE.format(rank=self.dist.rank)
+        states = checkpoint / CALLBACK_STATE.format(rank=self.dist.rank)  # absent for a rank the writer lacked
         if states.exists():
             self.callbacks.load_state_dict(json.loads(states.read_text(encoding="utf-8")))
+
+    def _load_state(self, checkpoint: Path) -> TrainerState:
+        """Model, optimizer, scheduler and counters: as saved, or resharded when `checkpoint` was written
+        under another strategy, or as ZeRO partitions for another number of processes."""
+        dist = self.dist
+        if not needs_reshard(read_trainer_state(checkpoint), dist.world_size, dist.zero_stage, dist.offload):
+            return load_checkpoint(dist, checkpoint)
+        scratch = self.run.root / f"{SCRATCH_PREFIX}{checkpoint.name}"
+        state, said = load_resharded(dist, checkpoint, self.model, self.optimizer, self.scheduler, scratch)
+        self.say(said)
+        return state
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -338,7 +351,7 @@ class Trainer:
         target = latest_checkpoint(self.run_dir)
         rollbacks = state.rollbacks + 1
         # The callbacks keep what they learned (the detector keeps the spike out of its baseline).
-        self.state = load_checkpoint(self.dist, target)
+        self.state = self._load_state(target)
         self.state.rollbacks = rollbacks
         # The data goes on from here, under this world's layout (the target may predate a resize).
         self.state.world_size, self.state.data_layouts = state.world_size, state.data_layouts
@@ -369,7 +382,7 @@ class Trainer:
         state.data_positions = dist.gather_objects(self.rows.position.to_dict())
         state.data_layouts = prune_layouts(state.data_layouts, state.data_positions)
         state.global_batch = self.cfg.train.micro_batch_size * self.accumulation * dist.world_size
-        state.zero_stage = dist.zero_stage
+        state.zero_stage, state.offload = dist.zero_stage, dist.offload
 
         if dist.is_main and (warning := free_space_warning(self.run_dir)):
             self.say(f"warning: {warning}")
@@ -397,10 +410,9 @@ class Trainer:
         model_dir = self.run.model
         unwrapped = dist.accelerator.unwrap_model(self.model)
         state_dict = final_state_dict(dist, self.model, self.cfg.model.finetune)  # a collective under ZeRO-3
+        save_dtype = resolve_save_dtype(self.cfg.train.save_dtype, dist.accelerator.mixed_precision)
         written = save_final_model(unwrapped, self.tokenizer, self.cfg.model, model_dir, state_dict,
-                                   self.model_source, resolve_save_dtype(self.cfg.train.save_dtype,
-                                                                         dist.accelerator.mixed_precision)
-                                   ) if dist.is_main else []
+                                   self.model_source, save_dtype) if dist.is_main else []
         dist.barrier()
         summary = {"steps": state.step, "wall_time_s": round(time.perf_counter() - started, 2),
                    **self.callbacks.summary(), "tokens_seen": state.tokens_seen,
@@ -408,15 +420,15 @@ class Trainer:
                    "model_dirs": [str(p) for p in written]}
         if dist.is_main:
             write_json(self.run.summary, summary)
-            write_model_cards(written, self.cfg, self._card_facts(summary))
+            write_model_cards(written, self.cfg, self._card_facts(summary, save_dtype))
         self.say("done: " + json.dumps(summary))
         return 0
 
-    def _card_facts(self, summary: dict) -> dict:
+    def _card_facts(self, summary: dict, save_dtype: torch.dtype) -> dict:
         eval_cb, mixed = self.callbacks.find("eval"), self.dist.accelerator.mixed_precision
         return {"version": package_version(), "world_size": self.dist.world_size, "global_batch": self.state.global_batch,
                 "zero_stage": self.dist.zero_stage, "precision": "fp32" if mixed == "no" else mixed,
-                "save_dtype": str(resolve_save_dtype(self.cfg.train.save_dtype, mixed)).removeprefix("torch."),
+                "save_dtype": str(save_dtype).removeprefix("torch."),
                 "counts": self.data_counts, "summary": summary, "eval": eval_cb.last if eval_cb else {}}
 
     def explain_failure(self, err: Exception) -> Exception:
@@ -475,7 +487,7 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
         "parts": sum(r[5] + r[6] for r in rows),
         "scan_s": time.perf_counter() - begun,
         "excluded_found": sorted({i for r in rows for i in r[7]}),
-        "train_by_group": {g: sum(r[8].get(g, 0) for r in rows) for g in sorted({g for r in rows for g in r[8]})},
+        "train_by_group": dict(sum((r[8] for r in rows), Counter())),
     }
     # Items per epoch: excluded records hold their place in the stream like any other.
     counts["items"] = (counts["train_records"] + counts["eval_records"] + counts["bad_records"]
@@ -503,22 +515,6 @@ def describe_exclusions(path: str, listed: frozenset[str], found: list[str]) -> 
     if absent:
         line += f"; warning: {len(absent)} listed id(s) are not in the data (e.g. {', '.join(absent[:3])})"
     return line
-
-
-def build_optimizer(model, cfg: BonsaiConfig) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW, and a line that says which tensors it decays (a lost decay is otherwise silent)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    # No weight decay on biases and norms (1-D tensors), as in GPT-style recipes. Under ZeRO-3 a
-    # parameter may already be an empty 1-D placeholder: its real shape is `ds_shape`.
-    decayed = [p for p in params if len(getattr(p, "ds_shape", p.shape)) >= 2]
-    kept = [p for p in params if len(getattr(p, "ds_shape", p.shape)) < 2]
-    groups = [{"params": decayed, "weight_decay": cfg.train.weight_decay}, {"params": kept, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.train.lr, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps
-    )
-    summary = (f"optimizer: AdamW, weight decay {cfg.train.weight_decay} on {len(decayed)} weight matrices "
-               f"({sum(numel(p) for p in decayed):,} parameters), none on {len(kept)} biases and norms")
-    return optimizer, summary
 
 
 def final_state_dict(dist: Dist, model, finetune: str) -> dict[str, torch.Tensor]:
