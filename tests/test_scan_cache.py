@@ -58,3 +58,35 @@ def test_a_torn_entry_is_scanned_again(tmp_path, tokenizer):
         entry.write_text(entry.read_text()[:20])
     again, counts, _ = _scan(data, tokenizer, tmp_path / "cache")
     assert counts == (0, 2) and _summary(again) == _summary(first)
+
+
+def test_line_indexes_are_kept_by_content_for_any_world_size(tmp_path, tokenizer):
+    """Each JSONL shard's line index is built by the first scan, found by a relaunch on another number
+    of processes without reading the shard again, and rebuilt for a shard that changed."""
+    from bonsai.data.line_index import LineIndex
+    from bonsai.data.stream import index_shard, list_shards
+
+    data = write_shards(tmp_path / "data", sample_records(), shards=3)
+    cfg = DataConfig(path=str(data), max_length=256, eval_fraction=0.05, on_bad_record="skip")
+
+    def scan(rank, world):
+        ranked = RankData(cfg, tokenizer, seed=0, rank=rank, world_size=world)
+        ranked.scan(ScanCache(tmp_path / "cache", settings_fingerprint(tokenizer, cfg), rank, world))
+        return ranked.indexes
+
+    first = scan(0, 2)
+    files = sorted((tmp_path / "cache").glob("*.index"))
+    assert len(files) == 3 and all(LineIndex.load(f) is not None for f in files)
+    written = [f.stat().st_mtime_ns for f in files]
+    again = scan(2, 3)
+    assert [f.stat().st_mtime_ns for f in files] == written  # found, not rebuilt
+    for url in list_shards(str(data)):
+        assert again[url] == first[url] == index_shard(url) and len(first[url]) > 0
+    with (data / "part-00001.jsonl").open("a", encoding="utf-8") as f:
+        f.write("\n" + json.dumps({**sample_records()[0], "id": "added"}, ensure_ascii=False) + "\n")
+    changed = scan(0, 2)
+    url = next(u for u in changed if u.endswith("part-00001.jsonl"))
+    assert changed[url] == index_shard(url) != first[url] and len(changed[url]) == len(first[url]) + 1
+    torn = sorted((tmp_path / "cache").glob("*.index"))[0]
+    torn.write_bytes(torn.read_bytes()[:-5])  # a crash mid-write
+    assert LineIndex.load(torn) is None and scan(1, 2) == changed

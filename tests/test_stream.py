@@ -138,3 +138,46 @@ def test_a_seek_for_other_data_is_not_used(tmp_path):
     full = _walk(shards, StreamPosition(), 0, 1, 8)
     stale = StreamPosition(0, 40, seek=Seek(window=5, order=0, shard="file:///elsewhere/p0.jsonl", offset=999, line=9))
     assert [r[:4] for r in _walk(shards, stale, 0, 1, 8)] == [r[:4] for r in full[40:]]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("window", [1, 5, 64])
+def test_with_line_indexes_a_rank_reads_only_its_records_and_gets_the_same_stream(tmp_path, world, window):
+    """The indexed stream gives every rank exactly what reading every line gives it (positions, seek
+    hints, places, bytes), from the start, from a resume and after a resize's layout, while the bytes it
+    reads are those of its own records: ~ data / ranks."""
+    from bonsai.data.elastic import EpochLayout
+    from bonsai.data.stream import index_shard, rank_items
+
+    for s in range(4):  # blank lines between records, one shard much larger than the others
+        records = [json.dumps({"id": f"s{s}-{i}", "x": "y" * (i % 7)}) for i in range(40 if s else 230)]
+        (tmp_path / f"p{s}.jsonl").write_text("\n\n".join(records) + "\n")
+    shards = list_shards(str(tmp_path))
+    indexes = {url: index_shard(url) for url in shards}
+
+    def walk(start, rank, layouts, indexed):
+        items = rank_items(shards, seed=3, window=window, rank=rank, world_size=world, start=start, epochs=2 - start.epoch,
+                           layouts=layouts, indexes=indexes if indexed else None)
+        return [(p, p.seek, w, raw.data, raw.offset) for p, w, raw in items]
+
+    for layouts in (None, {0: EpochLayout(50, (52, 60, 61))}):
+        for rank in range(world):
+            full = walk(StreamPosition(), rank, layouts, indexed=False)
+            assert walk(StreamPosition(), rank, layouts, indexed=True) == full
+            for cut in (1, len(full) // 2, len(full) - 2):
+                start = full[cut][0]
+                assert walk(start, rank, layouts, indexed=True) == full[cut:], (layouts, rank, cut)
+    data = sum((tmp_path / f"p{s}.jsonl").stat().st_size for s in range(4))
+
+    def bytes_per_epoch(indexed: bool) -> float:  # the kernel's count of the bytes this process read
+        before = _bytes_read()
+        walk(StreamPosition(), 0, None, indexed)
+        return (_bytes_read() - before) / 2
+
+    assert bytes_per_epoch(indexed=True) <= 1.1 * data / world
+    assert bytes_per_epoch(indexed=False) >= data  # without indexes every rank reads every byte
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as io:
+        return int(io.read().split("rchar: ")[1].split()[0])

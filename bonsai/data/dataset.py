@@ -18,7 +18,9 @@ from bonsai.data.packing import Document, Row, one_document_per_row, pack_best_f
 from bonsai.data.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.data.records import Where
 from bonsai.data.scan_cache import ScanCache, ScanReport
-from bonsai.data.stream import StreamPosition, list_shards, parse_payload, rank_items, read_shard, sha256_of, verify_manifest
+from bonsai.data.line_index import LineIndex, is_indexable
+from bonsai.data.stream import (StreamPosition, index_shard, list_shards, parse_payload, rank_items, read_shard,
+                                sha256_of, verify_manifest)
 from bonsai.data.template import encode_record, render_prompt
 
 Split = Literal["train", "eval"]
@@ -37,6 +39,7 @@ class RankData:
         self.skipped = 0
         self.excluded = read_exclusions(cfg.exclude) if cfg.exclude else frozenset()
         self.layouts: dict[int, EpochLayout] = {}  # what remains of the train epochs after a resize
+        self.indexes: dict[str, LineIndex] | None = None  # every shard's, once `scan` has run
 
     def _prepare(self, position: StreamPosition, where, payload) -> tuple[Use, Document | Record]:
         """(split, document); ("excluded", record) for a record data.exclude lists: it is not tokenized,
@@ -67,24 +70,39 @@ class RankData:
             start=start,
             epochs=epochs,
             layouts=self.layouts if train else None,
+            indexes=self.indexes,
         )
 
     def scan(self, cache: ScanCache | None = None) -> ScanReport:
         """This rank's part of every shard (every world_size-th line of it), checked and counted; a
-        shard's part comes from `cache` when that shard has not changed since it was scanned."""
-        report = ScanReport()
+        shard's part comes from `cache` when that shard has not changed since it was scanned. Each
+        JSONL shard's LineIndex comes with it (built while scanning, or from the cache), so that the
+        stream reads only this rank's records; one Parquet shard means every line is read, as before."""
+        report, indexes = ScanReport(), {}
         for shard in self.shards:
             entry, part = cache.get(shard) if cache else (None, None)
+            index = cache.get_index(shard) if cache else None
             if part is None:
-                part = self._scan_shard(shard)
+                part, built = self._scan_shard(shard)
                 if cache:
                     cache.put(entry, part)
+            elif index is None:
+                built = index_shard(shard)  # cached before indexes were: its lines, not parsed
+            if index is None and built is not None:
+                index = built
+                if cache:
+                    cache.put_index(shard, index)
+            indexes[shard] = index
             report.add(part)
+        self.indexes = indexes if all(i is not None for i in indexes.values()) else None
         return report
 
-    def _scan_shard(self, shard: str) -> ScanReport:
+    def _scan_shard(self, shard: str) -> tuple[ScanReport, LineIndex | None]:
         report = ScanReport()
+        index = LineIndex() if is_indexable(shard) else None
         for j, (where, payload) in enumerate(read_shard(shard)):
+            if index is not None:
+                index.add(payload.offset, payload.offset + len(payload.data), where.line)
             if j % self.world_size != self.rank:
                 continue
             try:
@@ -98,7 +116,7 @@ class RankData:
                 report.count_train(doc.record.category, doc.record.lang, doc.encoded.num_target_tokens)
             else:
                 report.eval_records += 1
-        return report
+        return report, index
 
     def documents(self, split: Split, start: StreamPosition, epochs: int | None) -> Iterator[Document]:
         """Train: shuffled, epoch after epoch. Eval: file order. Bad records were reported by `scan`;

@@ -5,7 +5,8 @@ An entry is valid for one shard's content (its size, modification time or ETag, 
 first 64 KiB), one rank's part of it under one world size, and one way of turning records into tokens:
 the tokenizer and template (fingerprinted by the tokens of a fixed record), data.max_length,
 eval_fraction, max_record_bytes and the ids data.exclude lists. Anything else makes a new key, and the
-shard is scanned again.
+shard is scanned again. Beside the entries, each JSONL shard's LineIndex (bonsai.data.line_index),
+keyed by its content alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import fsspec
 from bonsai.config import DataConfig
 from bonsai.data.records import BadRecord, Record, Where
 from bonsai.data.exclude import exclusions_digest
+from bonsai.data.line_index import LineIndex
 from bonsai.data.template import encode_record
 from bonsai.io import write_json
 
@@ -97,10 +99,28 @@ class ScanCache:
         self.directory, self.fingerprint = Path(directory), fingerprint
         self.rank, self.world_size = rank, world_size
         self.hits = self.misses = 0
+        self._identities: dict[str, str] = {}
+
+    def _identity(self, url: str) -> str:
+        if url not in self._identities:
+            self._identities[url] = shard_identity(url)
+        return self._identities[url]
 
     def _entry(self, url: str) -> Path:
-        key = json.dumps([url, shard_identity(url), self.rank, self.world_size, self.fingerprint])
+        key = json.dumps([url, self._identity(url), self.rank, self.world_size, self.fingerprint])
         return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+    def _index_entry(self, url: str) -> Path:
+        """A shard's LineIndex depends on its bytes alone: any world size and settings share it."""
+        key = json.dumps([url, self._identity(url), "line-index", SCAN_CACHE_VERSION])
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()}.index"
+
+    def get_index(self, url: str) -> LineIndex | None:
+        return LineIndex.load(self._index_entry(url))
+
+    def put_index(self, url: str, index: LineIndex) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index.save(self._index_entry(url))
 
     def get(self, url: str) -> tuple[Path, ScanReport | None]:
         entry = self._entry(url)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from bonsai.data.elastic import FULL_EPOCH, EpochLayout
+from bonsai.data.line_index import LineIndex, RecordReader, index_lines, is_indexable
 from bonsai.data.records import BadRecord, Where, parse_json_line
 
 SHARD_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -151,6 +152,13 @@ def _read_parquet(url: str, first_row: int) -> Iterator[tuple[Where, dict]]:
                     yield Where(url, row), obj
 
 
+def index_shard(url: str) -> LineIndex | None:
+    """`url`'s LineIndex, read from its bytes (the scan builds it as it goes); None for Parquet."""
+    if not is_indexable(url):
+        return None
+    return index_lines((raw.offset, raw.offset + len(raw.data), where.line) for where, raw in read_shard(url))
+
+
 def item_offset(where: Where, payload: RawLine | dict) -> int:
     """Where an item starts in its shard, as read_shard's `offset` takes it."""
     return payload.offset if isinstance(payload, RawLine) else where.line - 1
@@ -216,38 +224,78 @@ def usable_seek(start: StreamPosition, shards: list[str], seed: int) -> Seek | N
     return seek if seek.order < len(order) and order[seek.order] == seek.shard else None
 
 
+def indexed_epoch_items(shards: list[str], epoch: int, seed: int, window: int, indexes: Mapping[str, LineIndex],
+                        seek: Seek | None = None) -> Iterator[tuple[tuple[str, int], Seek]]:
+    """epoch_items' order, from the shards' line indexes instead of their bytes: (shard, record number)
+    for each item, with the same window starts. Nothing is read; reading is for the items a rank keeps."""
+    order = shard_order(shards, seed, epoch)
+    window_index = seek.window if seek else 0
+    k, j = 0, window_index * window  # the first item to give, as (place in order, record in that shard)
+    while k < len(order) and j >= len(indexes[order[k]]):
+        j -= len(indexes[order[k]])
+        k += 1
+    buffer: list[tuple[str, int]] = []
+    start: Seek | None = None
+    for k in range(k, len(order)):
+        index = indexes[order[k]]
+        for j in range(j, len(index)):
+            if not buffer:
+                start = Seek(window_index, k, order[k], index.starts[j], index.lines[j])
+            buffer.append((order[k], j))
+            if len(buffer) == window:
+                random.Random(f"window:{seed}:{epoch}:{window_index}").shuffle(buffer)  # as epoch_items does
+                yield from ((ref, start) for ref in buffer)
+                buffer, window_index = [], window_index + 1
+        j = 0
+    random.Random(f"window:{seed}:{epoch}:{window_index}").shuffle(buffer)
+    yield from ((ref, start) for ref in buffer)
+
+
 def rank_items(
     shards: list[str], *, seed: int, window: int, rank: int, world_size: int, start: StreamPosition, epochs: int | None,
-    layouts: Mapping[int, EpochLayout] | None = None,
+    layouts: Mapping[int, EpochLayout] | None = None, indexes: Mapping[str, LineIndex] | None = None,
 ) -> Iterator[tuple[StreamPosition, Where, RawLine | dict]]:
     """This rank's items, from `start`, for `epochs` epochs (None: forever): of each epoch's items that
     its layout leaves (all of them, unless a resume on another world size merged the ranks' positions;
     see bonsai.data.elastic), every world_size-th. Ranks never share an item, and together they cover
-    what remains. `start.seek` lets the first epoch begin at the window of `start` (same items)."""
+    what remains. `start.seek` lets the first epoch begin at the window of `start` (same items).
+    `indexes` (every shard's LineIndex): the same items, but a rank reads only its own records."""
     epoch = start.epoch
     skip = start.taken
     layouts = layouts or {}
     seek = usable_seek(start, shards, seed)
-    while epochs is None or epoch < start.epoch + epochs:
-        layout = layouts.get(epoch, FULL_EPOCH)
-        partial = layout != FULL_EPOCH
-        first = seek.window * window if seek else 0  # the global index reading starts at
-        dealt = layout.remaining_before(first)
-        taken = max(0, -(-(dealt - rank) // world_size))  # this rank's items among those `dealt`
-        seen = first
-        for i, (where, payload, at) in enumerate(epoch_items(shards, epoch, seed, window, seek), start=first):
-            seen = i + 1
-            if partial and not layout.is_remaining(i):
-                continue
-            dealt += 1
-            if (dealt - 1) % world_size != rank:
-                continue
-            if taken >= skip:
-                yield StreamPosition(epoch, taken, seek=at), where, payload
-            taken += 1
-        if taken == 0 and not partial:
-            raise no_records_error(shards, seen, rank, world_size)
-        epoch, skip, seek = epoch + 1, 0, None
+    reader = RecordReader(dict(indexes)) if indexes and world_size > 1 and all(s in indexes for s in shards) else None
+    try:
+        while epochs is None or epoch < start.epoch + epochs:
+            layout = layouts.get(epoch, FULL_EPOCH)
+            partial = layout != FULL_EPOCH
+            first = seek.window * window if seek else 0  # the global index reading starts at
+            dealt = layout.remaining_before(first)
+            taken = max(0, -(-(dealt - rank) // world_size))  # this rank's items among those `dealt`
+            seen = first
+            items = (indexed_epoch_items(shards, epoch, seed, window, reader.indexes, seek) if reader
+                     else (((w, p), at) for w, p, at in epoch_items(shards, epoch, seed, window, seek)))
+            for i, (ref, at) in enumerate(items, start=first):
+                seen = i + 1
+                if partial and not layout.is_remaining(i):
+                    continue
+                dealt += 1
+                if (dealt - 1) % world_size != rank:
+                    continue
+                if taken >= skip:
+                    yield (StreamPosition(epoch, taken, seek=at), *(_read(reader, ref) if reader else ref))
+                taken += 1
+            if taken == 0 and not partial:
+                raise no_records_error(shards, seen, rank, world_size)
+            epoch, skip, seek = epoch + 1, 0, None
+    finally:
+        if reader:
+            reader.close()
+
+
+def _read(reader: RecordReader, ref: tuple[str, int]) -> tuple[Where, RawLine]:
+    where, data, offset = reader.read(*ref)
+    return where, RawLine(data, offset)
 
 
 def no_records_error(shards: list[str], seen: int, rank: int, world_size: int) -> DataSourceError:
