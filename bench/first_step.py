@@ -108,18 +108,20 @@ def resume_from(run_dir: Path, positions: list[dict], seek: bool) -> None:
     metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def bytes_read_per_rank(shards: list[str], seed: int, window: int, procs: int, indexed: bool) -> int:
-    """Bytes rank 0's stream reads over one epoch (the kernel's rchar for a child that does only that),
-    reading every line (before) or, with the shards' line indexes the scan cache holds, its own records."""
+def stream_epoch(shards: list[str], seed: int, window: int, procs: int, indexed: bool) -> tuple[int, float]:
+    """Bytes rank 0's stream reads over one epoch (the kernel's rchar for a child that does only that)
+    and its seconds, reading every line (before) or, with the shards' line indexes the scan cache
+    holds, its own records (after)."""
     code = ("import sys; sys.path[:0] = [%r]\n"
             "from bonsai.data.stream import StreamPosition, index_shard, rank_items\n"
             "indexes = {url: index_shard(url) for url in %r} if %r else None\n"
-            "rchar = lambda: int(open('/proc/self/io').read().split('rchar: ')[1].split()[0])\n"
-            "before = rchar()\n"
+            "import time; rchar = lambda: int(open('/proc/self/io').read().split('rchar: ')[1].split()[0])\n"
+            "before, begun = rchar(), time.perf_counter()\n"
             "for _ in rank_items(%r, seed=%d, window=%d, rank=0, world_size=%d, start=StreamPosition(), epochs=1,\n"
             "                    indexes=indexes): pass\n"
-            "print(rchar() - before)\n") % (str(ROOT), shards, indexed, shards, seed, window, procs)
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            "print(rchar() - before, time.perf_counter() - begun)\n") % (str(ROOT), shards, indexed, shards, seed, window, procs)
+    read, seconds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return int(read), float(seconds)
 
 
 def bench(data_dir: Path, work: Path, procs: int, warm_up: bool = False) -> dict[str, float]:
@@ -142,8 +144,9 @@ def bench(data_dir: Path, work: Path, procs: int, warm_up: bool = False) -> dict
         figures[name] = seconds_to_step(cfg, work, procs, 2, finish=False)
     data_bytes = sum(Path(s).stat().st_size for s in shards)
     for name, indexed in (("before", False), ("after", True)):
-        read = bytes_read_per_rank(shards, cfg["train"]["seed"], window, procs, indexed)
+        read, seconds = stream_epoch(shards, cfg["train"]["seed"], window, procs, indexed)
         figures[f"bytes per rank / (data / ranks) {name}"] = read / (data_bytes / procs)
+        figures[f"stream s/epoch {name}"] = seconds
     return figures
 
 
@@ -155,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bonsai-first-step-"))
     print(f"{args.records:,} records; seconds from launch to the first step (fresh) and to the first step "
-          f"after a resume at 90 % of the epoch; bytes rank 0's stream reads per epoch over data / ranks")
+          f"after a resume at 90 % of the epoch; bytes rank 0's stream reads per epoch over data / ranks, and its seconds")
     for shards in args.layouts:
         data_dir = write_dataset(work / f"data-{shards}", args.records, shards)
         bench(data_dir, work, 1, warm_up=True)  # builds the tiny model and tokenizer for this data, untimed

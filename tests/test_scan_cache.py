@@ -6,7 +6,7 @@ import json
 
 from bonsai.config import DataConfig
 from bonsai.data.dataset import RankData
-from bonsai.data.scan_cache import ScanCache, settings_fingerprint
+from bonsai.data.scan_cache import ScanCache, ScanReport, settings_fingerprint
 from conftest import sample_records, write_shards
 
 
@@ -47,7 +47,7 @@ def test_other_settings_or_ranks_do_not_reuse_an_entry(tmp_path, tokenizer):
     _scan(data, tokenizer, tmp_path / "cache")
     assert _scan(data, tokenizer, tmp_path / "cache", max_length=128)[1] == (0, 2)
     parts = [_scan(data, tokenizer, tmp_path / "cache", rank=r, world=2) for r in range(2)]
-    assert [p[1] for p in parts] == [(0, 2), (0, 2)]
+    assert [p[1] for p in parts] == [(0, 1), (0, 1)]  # as many shards as ranks: each scans the one it owns
     assert sum(p[0].items for p in parts) == _scan(data, tokenizer, tmp_path / "cache")[0].items
 
 
@@ -69,24 +69,65 @@ def test_line_indexes_are_kept_by_content_for_any_world_size(tmp_path, tokenizer
     data = write_shards(tmp_path / "data", sample_records(), shards=3)
     cfg = DataConfig(path=str(data), max_length=256, eval_fraction=0.05, on_bad_record="skip")
 
-    def scan(rank, world):
-        ranked = RankData(cfg, tokenizer, seed=0, rank=rank, world_size=world)
-        ranked.scan(ScanCache(tmp_path / "cache", settings_fingerprint(tokenizer, cfg), rank, world))
-        return ranked.indexes
+    def scan(world):  # every rank's scan, then every rank's indexes (as the trainer does, after its gather)
+        ranks = [(RankData(cfg, tokenizer, seed=0, rank=r, world_size=world),
+                  ScanCache(tmp_path / "cache", settings_fingerprint(tokenizer, cfg), r, world)) for r in range(world)]
+        for ranked, cache in ranks:
+            ranked.scan(cache)
+        assert all(ranked.load_indexes(cache) for ranked, cache in ranks)
+        assert all(ranked.indexes == ranks[0][0].indexes for ranked, _ in ranks)
+        return ranks[0][0].indexes
 
-    first = scan(0, 2)
+    first = scan(2)
     files = sorted((tmp_path / "cache").glob("*.index"))
     assert len(files) == 3 and all(LineIndex.load(f) is not None for f in files)
     written = [f.stat().st_mtime_ns for f in files]
-    again = scan(2, 3)
+    again = scan(3)
     assert [f.stat().st_mtime_ns for f in files] == written  # found, not rebuilt
     for url in list_shards(str(data)):
         assert again[url] == first[url] == index_shard(url) and len(first[url]) > 0
     with (data / "part-00001.jsonl").open("a", encoding="utf-8") as f:
         f.write("\n" + json.dumps({**sample_records()[0], "id": "added"}, ensure_ascii=False) + "\n")
-    changed = scan(0, 2)
+    changed = scan(2)
     url = next(u for u in changed if u.endswith("part-00001.jsonl"))
     assert changed[url] == index_shard(url) != first[url] and len(changed[url]) == len(first[url]) + 1
     torn = sorted((tmp_path / "cache").glob("*.index"))[0]
     torn.write_bytes(torn.read_bytes()[:-5])  # a crash mid-write
-    assert LineIndex.load(torn) is None and scan(1, 2) == changed
+    assert LineIndex.load(torn) is None and scan(2) == changed
+
+
+def test_with_as_many_shards_as_ranks_each_rank_scans_only_the_shards_it_owns(tmp_path, tokenizer):
+    """Each rank scans whole shards, balanced by size (bytes read ~ data / ranks on a first launch);
+    together the ranks find what one process finds, bad records at their file and line, and every rank
+    then finds every shard's line index in the cache."""
+    from bonsai.data.dataset import scan_owners
+    from bonsai.data.stream import index_shard, list_shards
+
+    data = write_shards(tmp_path / "data", sample_records(), shards=4)
+    with (data / "part-00002.jsonl").open("a", encoding="utf-8") as f:
+        f.write('{"id": "broken", "instruction": 3}\n')
+    cfg = DataConfig(path=str(data), max_length=256, eval_fraction=0.05, on_bad_record="skip")
+    shards = list_shards(str(data))
+    owners = scan_owners(shards, 2)
+    assert sorted(set(owners)) == [0, 1] and owners == scan_owners(shards, 2)
+    whole, ranks, read = RankData(cfg, tokenizer, seed=0, rank=0, world_size=1).scan(), [], []
+    for rank in range(2):
+        ranked = RankData(cfg, tokenizer, seed=0, rank=rank, world_size=2)
+        cache = ScanCache(tmp_path / "cache", settings_fingerprint(tokenizer, cfg), rank, 2)
+        before = _bytes_read()
+        ranks.append((ranked, cache, ranked.scan(cache)))
+        read.append(_bytes_read() - before)
+    for rank, owned in enumerate(read):
+        mine = sum((data / u.rsplit("/", 1)[-1]).stat().st_size for u, o in zip(shards, owners) if o == rank)
+        assert owned <= mine + 4 * (1 << 16), (rank, owned, mine)  # its shards, and their 64 KiB identity prefixes
+    together = ScanReport()
+    for _, _, part in ranks:
+        together.add(part)
+    assert _summary(together) == _summary(whole) and "part-00002.jsonl:" in str(together.bad[0])
+    for ranked, cache, _ in ranks:
+        assert ranked.load_indexes(cache) and all(ranked.indexes[u] == index_shard(u) for u in shards)
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as io:
+        return int(io.read().split("rchar: ")[1].split()[0])

@@ -142,13 +142,16 @@ def test_a_seek_for_other_data_is_not_used(tmp_path):
 
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("window", [1, 5, 64])
-def test_with_line_indexes_a_rank_reads_only_its_records_and_gets_the_same_stream(tmp_path, world, window):
+def test_with_line_indexes_a_rank_reads_only_its_records_and_gets_the_same_stream(tmp_path, monkeypatch, world,
+                                                                                  window):
     """The indexed stream gives every rank exactly what reading every line gives it (positions, seek
     hints, places, bytes), from the start, from a resume and after a resize's layout, while the bytes it
     reads are those of its own records: ~ data / ranks."""
     from bonsai.data.elastic import EpochLayout
+    from bonsai.data.line_index import RecordReader
     from bonsai.data.stream import index_shard, rank_items
 
+    monkeypatch.setattr(RecordReader, "OPEN_SHARDS", 2)  # fewer than the shards: closed and reopened as it goes
     for s in range(4):  # blank lines between records, one shard much larger than the others
         records = [json.dumps({"id": f"s{s}-{i}", "x": "y" * (i % 7)}) for i in range(40 if s else 230)]
         (tmp_path / f"p{s}.jsonl").write_text("\n\n".join(records) + "\n")

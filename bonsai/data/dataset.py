@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+import fsspec
+
 from bonsai.config import DataConfig
 from bonsai.data.elastic import EpochLayout
 from bonsai.data.exclude import read_exclusions
@@ -74,16 +76,21 @@ class RankData:
         )
 
     def scan(self, cache: ScanCache | None = None) -> ScanReport:
-        """This rank's part of every shard (every world_size-th line of it), checked and counted; a
-        shard's part comes from `cache` when that shard has not changed since it was scanned. Each
-        JSONL shard's LineIndex comes with it (built while scanning, or from the cache), so that the
-        stream reads only this rank's records; one Parquet shard means every line is read, as before."""
-        report, indexes = ScanReport(), {}
-        for shard in self.shards:
+        """This rank's part of the data, checked and counted: the whole shards it owns when there are at
+        least as many shards as ranks (scan_owners: each rank reads ~ data / ranks), else every
+        world_size-th line of every shard. A part comes from `cache` when its shard has not changed
+        since it was scanned. The scan also builds each JSONL shard's LineIndex it reads (kept in the
+        cache for every rank, see `load_indexes`), so that the stream reads only this rank's records."""
+        report, self.indexes = ScanReport(), {}
+        owners = scan_owners(self.shards, self.world_size)
+        for k, shard in enumerate(self.shards):
+            if owners is not None and owners[k] != self.rank:
+                continue  # another rank's: its findings reach every rank through the trainer's gather
             entry, part = cache.get(shard) if cache else (None, None)
             index = cache.get_index(shard) if cache else None
+            built = None
             if part is None:
-                part, built = self._scan_shard(shard)
+                part, built = self._scan_shard(shard, whole=owners is not None)
                 if cache:
                     cache.put(entry, part)
             elif index is None:
@@ -92,18 +99,28 @@ class RankData:
                 index = built
                 if cache:
                     cache.put_index(shard, index)
-            indexes[shard] = index
+            self.indexes[shard] = index
             report.add(part)
-        self.indexes = indexes if all(i is not None for i in indexes.values()) else None
         return report
 
-    def _scan_shard(self, shard: str) -> tuple[ScanReport, LineIndex | None]:
+    def load_indexes(self, cache: ScanCache | None) -> bool:
+        """Every shard's LineIndex, those other ranks scanned from `cache` (call after every rank's
+        scan). False, and the stream reads every line as before, when one is missing: a Parquet shard,
+        or a run dir that is not shared between the nodes."""
+        for shard in self.shards:
+            if self.indexes.get(shard) is None:
+                self.indexes[shard] = cache.get_index(shard) if cache and is_indexable(shard) else None
+        if any(index is None for index in self.indexes.values()):
+            self.indexes = None
+        return self.indexes is not None
+
+    def _scan_shard(self, shard: str, whole: bool) -> tuple[ScanReport, LineIndex | None]:
         report = ScanReport()
         index = LineIndex() if is_indexable(shard) else None
         for j, (where, payload) in enumerate(read_shard(shard)):
             if index is not None:
                 index.add(payload.offset, payload.offset + len(payload.data), where.line)
-            if j % self.world_size != self.rank:
+            if not whole and j % self.world_size != self.rank:
                 continue
             try:
                 split, doc = self._prepare(StreamPosition(0, j), where, payload)
@@ -139,6 +156,20 @@ class RankData:
         if self.cfg.pack_window == 0:
             return pack_documents(docs, self.cfg.max_length)
         return pack_best_fit(docs, self.cfg.max_length, self.cfg.pack_window, skip_rows=start.packed_rows)
+
+
+def scan_owners(shards: list[str], world_size: int) -> list[int] | None:
+    """Which rank scans each shard whole: the largest first, each to the rank with the fewest bytes so
+    far (ties: the lowest rank), the same on every rank. None when there are fewer shards than ranks:
+    then every rank scans every world_size-th line of every shard."""
+    if world_size == 1 or len(shards) < world_size:
+        return None if world_size > 1 else [0] * len(shards)
+    sizes = [fsspec.core.url_to_fs(s)[0].size(fsspec.core.url_to_fs(s)[1]) or 0 for s in shards]
+    load, owners = [0] * world_size, [0] * len(shards)
+    for k in sorted(range(len(shards)), key=lambda k: (-sizes[k], k)):
+        owners[k] = min(range(world_size), key=lambda r: (load[r], r))
+        load[owners[k]] += sizes[k]
+    return owners
 
 
 def describe_bad_records(messages: list[str]) -> str:

@@ -8,8 +8,8 @@ finds it. 24 bytes per record (1M records: 24 MB per rank).
 
 from __future__ import annotations
 
-import contextlib
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,34 +68,37 @@ def is_indexable(url: str) -> bool:
 
 class RecordReader:
     """Reads single records of indexed shards by their byte range, each with one read of exactly its
-    bytes (no read-ahead of the records between, which belong to other ranks)."""
+    bytes (no read-ahead of the records between, which belong to other ranks). A few shards stay open
+    (a window spans at most a few): thousands of shards must not exhaust the process's file handles."""
+
+    OPEN_SHARDS = 8
 
     def __init__(self, indexes: dict[str, LineIndex]):
         self.indexes = indexes
-        self._files: dict[str, object] = {}
-        self._stack = contextlib.ExitStack()
-        self.bytes_read = 0
+        self._files: OrderedDict[str, object] = OrderedDict()
 
     def read(self, url: str, j: int) -> tuple[Where, bytes, int]:
         index = self.indexes[url]
         f = self._files.get(url)
         if f is None:
-            f = self._files[url] = self._stack.enter_context(_open_unbuffered(url))
+            if len(self._files) >= self.OPEN_SHARDS:
+                self._files.popitem(last=False)[1].close()
+            f = self._files[url] = _open_unbuffered(url)
+        self._files.move_to_end(url)
         start = index.starts[j]
         f.seek(start)
         data = f.read(index.ends[j] - start)
-        self.bytes_read += len(data)
         return Where(url, index.lines[j]), data, start
 
     def close(self) -> None:
-        self._stack.close()
-        self._files.clear()
+        while self._files:
+            self._files.popitem()[1].close()
 
 
 def _open_unbuffered(url: str):
     fs, path = fsspec.core.url_to_fs(url)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return open(path, "rb", buffering=0)  # noqa: SIM115 - closed by RecordReader's ExitStack
+        return open(path, "rb", buffering=0)  # noqa: SIM115 - RecordReader closes it
     return fs.open(path, "rb", cache_type="none")  # object stores: one ranged request per record
 
 

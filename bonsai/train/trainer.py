@@ -476,6 +476,7 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
          report.train_records, report.eval_records, report.train_target_tokens, cache.hits, cache.misses,
          report.excluded, report.train_by_group)
     )
+    data.load_indexes(cache)  # after the gather: every rank has written the indexes of what it scanned
     bad_rows = [r for per_rank in rows for r in per_rank[0]]
     bad_text = [t for per_rank in rows for t in per_rank[1]]
     counts = {
