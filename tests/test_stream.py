@@ -184,3 +184,24 @@ def test_with_line_indexes_a_rank_reads_only_its_records_and_gets_the_same_strea
 def _bytes_read() -> int:
     with open("/proc/self/io") as io:
         return int(io.read().split("rchar: ")[1].split()[0])
+
+
+def test_parquet_beside_jsonl_is_read_line_by_line_after_a_scan(tmp_path, tokenizer):
+    """A Parquet shard has no line index: after the scan (fewer shards than ranks: every rank scans
+    every shard) the ranks read every line, and still share the records out between them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = sample_records()
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[:150]),
+                                      encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(records[150:]), tmp_path / "b.parquet", row_group_size=40)
+    ids = []
+    for rank in range(3):
+        data = _data(tokenizer, rank, 3, path=str(tmp_path), eval_fraction=0.0)
+        data.scan()  # the stream is read before and after the indexes are settled
+        mine = [d.record.id for d in data.documents("train", StreamPosition(), 1)]
+        assert data.load_indexes(None) is False
+        assert [d.record.id for d in data.documents("train", StreamPosition(), 1)] == mine
+        ids += mine
+    assert sorted(ids) == sorted(r["id"] for r in records)

@@ -164,7 +164,7 @@ def scan_owners(shards: list[str], world_size: int) -> list[int] | None:
     then every rank scans every world_size-th line of every shard."""
     if world_size == 1 or len(shards) < world_size:
         return None if world_size > 1 else [0] * len(shards)
-    sizes = [fsspec.core.url_to_fs(s)[0].size(fsspec.core.url_to_fs(s)[1]) or 0 for s in shards]
+    sizes = [fs.size(path) or 0 for fs, path in map(fsspec.core.url_to_fs, shards)]
     load, owners = [0] * world_size, [0] * len(shards)
     for k in sorted(range(len(shards)), key=lambda k: (-sizes[k], k)):
         owners[k] = min(range(world_size), key=lambda r: (load[r], r))

@@ -264,7 +264,8 @@ def rank_items(
     skip = start.taken
     layouts = layouts or {}
     seek = usable_seek(start, shards, seed)
-    reader = RecordReader(dict(indexes)) if indexes and world_size > 1 and all(s in indexes for s in shards) else None
+    indexed = indexes and world_size > 1 and all(indexes.get(s) is not None for s in shards)
+    reader = RecordReader(dict(indexes)) if indexed else None
     try:
         while epochs is None or epoch < start.epoch + epochs:
             layout = layouts.get(epoch, FULL_EPOCH)
