@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bonsai.errors import CheckpointMismatch
-from bonsai.train.checkpoint import TrainerState, read_trainer_state
+from bonsai.train.checkpoint import TrainerState
 from bonsai.train.distributed import Dist
 from bonsai.train.optimizer import decay_groups
 
@@ -117,6 +117,7 @@ def _deepspeed_step(source: Path) -> int:
     if not files:
         raise CheckpointMismatch(f"{source}: no DeepSpeed optimizer partitions (*optim_states.pt) found")
     saved = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)["optimizer_state_dict"]
+    # ZeRO-1/2 keep a list of per-group states under base_optimizer_state; ZeRO-3 a torch state dict.
     inner = saved.get("base_optimizer_state") or saved.get("optimizer_state_dict") or {}
     states = inner.get("state", inner) if isinstance(inner, dict) else {}
     steps = [int(s["step"]) for s in (states.values() if isinstance(states, dict) else states)
@@ -124,10 +125,10 @@ def _deepspeed_step(source: Path) -> int:
     return max(steps, default=0)
 
 
-def load_resharded(dist: Dist, checkpoint: Path, model, optimizer, scheduler, scratch: Path) -> tuple[TrainerState, str]:
-    """Load `checkpoint`, written under another layout, into this run's prepared model, optimizer and
-    scheduler. Returns its trainer state and a line that says what was done."""
-    saved = read_trainer_state(checkpoint)
+def load_resharded(dist: Dist, checkpoint: Path, saved: TrainerState, model, optimizer, scheduler,
+                   scratch: Path) -> tuple[TrainerState, str]:
+    """Load `checkpoint` (its trainer state: `saved`), written under another layout, into this run's
+    prepared model, optimizer and scheduler. Returns `saved` and a line that says what was done."""
     order = [name for group in decay_groups(dist.accelerator.unwrap_model(model)) for name, _ in group]
     try:
         whole = (deepspeed_whole_state(checkpoint, scratch, dist) if saved.zero_stage

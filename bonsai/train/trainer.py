@@ -260,10 +260,11 @@ class Trainer:
         """Model, optimizer, scheduler and counters: as saved, or resharded when `checkpoint` was written
         under another strategy, or as ZeRO partitions for another number of processes."""
         dist = self.dist
-        if not needs_reshard(read_trainer_state(checkpoint), dist.world_size, dist.zero_stage, dist.offload):
+        saved = read_trainer_state(checkpoint)
+        if not needs_reshard(saved, dist.world_size, dist.zero_stage, dist.offload):
             return load_checkpoint(dist, checkpoint)
         scratch = self.run.root / f"{SCRATCH_PREFIX}{checkpoint.name}"
-        state, said = load_resharded(dist, checkpoint, self.model, self.optimizer, self.scheduler, scratch)
+        state, said = load_resharded(dist, checkpoint, saved, self.model, self.optimizer, self.scheduler, scratch)
         self.say(said)
         return state
 
