@@ -1,7 +1,8 @@
 """Seconds from `bonsai train` to its first step, through the command users run: a fresh start (the
 start-up scan reads every shard), and a resume at 90 % of the epoch (scan cached per shard; the data
 stream seeks to the position's shuffle window, or, "before", reads and skips up to it). Also the bytes
-of data each rank's stream reads over one epoch, against data / ranks.
+of data each rank's stream reads over one epoch, and each rank's start-up scan on a first launch,
+against data / ranks (`--before CHECKOUT`: the scan's bytes under an earlier commit's code too).
 
     .venv/bin/python bench/first_step.py        # --records 1000000 --procs 1 2 4 --layouts 8 1
 
@@ -124,6 +125,26 @@ def stream_epoch(shards: list[str], seed: int, window: int, procs: int, indexed:
     return int(read), float(seconds)
 
 
+def scan_bytes(root: Path, data_dir: Path, work: Path, procs: int) -> float:
+    """The most bytes any rank's start-up scan reads (no cache: a first launch), over data / ranks; the
+    scan of the code at `root` (this checkout, or another one for a before/after)."""
+    code = ("import sys; sys.path[:0] = [%r]\n"
+            "from bonsai.config import DataConfig, ModelConfig, TinyPhiConfig\n"
+            "from bonsai.data.dataset import RankData\n"
+            "from bonsai.model.loading import load_tokenizer\n"
+            "from bonsai.model.source import tiny_phi_for\n"
+            "tiny = str(tiny_phi_for(%r, TinyPhiConfig(), %r, seed=42))\n"
+            "data = RankData(DataConfig(path=%r, max_length=512, eval_fraction=0.001),\n"
+            "                load_tokenizer(tiny, ModelConfig(name_or_path=tiny)), seed=0, rank=%d, world_size=%d)\n"
+            "rchar = lambda: int(open('/proc/self/io').read().split('rchar: ')[1].split()[0])\n"
+            "before = rchar(); data.scan(); print(rchar() - before)\n")
+    read = [int(subprocess.run([sys.executable, "-c", code % (str(root), str(ROOT / "data" / "sample"), str(work / "cache"),
+                                                                str(data_dir), rank, procs)],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.split()[-1])
+            for rank in range(procs)]
+    return max(read) / (sum(p.stat().st_size for p in data_dir.iterdir()) / procs)
+
+
 def bench(data_dir: Path, work: Path, procs: int, warm_up: bool = False) -> dict[str, float]:
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     cfg["model"]["cache_dir"] = str(work / "cache")
@@ -155,15 +176,21 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--layouts", type=int, nargs="+", default=[8, 1], help="shard counts to write the data as")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier commit: its start-up scan's bytes too")
+    parser.add_argument("--scan-only", action="store_true", help="only the start-up scan's bytes per rank")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bonsai-first-step-"))
     print(f"{args.records:,} records; seconds from launch to the first step (fresh) and to the first step "
           f"after a resume at 90 % of the epoch; bytes rank 0's stream reads per epoch over data / ranks, and its seconds")
     for shards in args.layouts:
         data_dir = write_dataset(work / f"data-{shards}", args.records, shards)
-        bench(data_dir, work, 1, warm_up=True)  # builds the tiny model and tokenizer for this data, untimed
+        if not args.scan_only:
+            bench(data_dir, work, 1, warm_up=True)  # builds the tiny model and tokenizer for this data, untimed
         for procs in args.procs:
-            figures = bench(data_dir, work, procs)
+            figures = {} if args.scan_only else bench(data_dir, work, procs)
+            for name, root in (("before", args.before), ("after", ROOT)):
+                if root is not None:
+                    figures[f"scan bytes per rank / (data / ranks) {name}"] = scan_bytes(root, data_dir, work, procs)
             print(f"{shards} shard(s), {procs} process(es): " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()),
                   flush=True)
         shutil.rmtree(data_dir)

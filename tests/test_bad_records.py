@@ -81,3 +81,19 @@ def test_cli_skip_policy_trains_and_quarantines(tmp_path, model_cache):
     rows = [json.loads(line) for line in (tmp_path / "run" / "quarantine.jsonl").read_text().splitlines()]
     assert [(r["line"], r["field"]) for r in rows] == [(BAD_LINE, "(record)"), (BAD_LINE + 1, "output")]
     assert len(losses(tmp_path / "run")) == 2
+
+
+def test_two_processes_on_one_file_quarantine_each_bad_record_at_its_line(tmp_path, model_cache):
+    """Fewer shards than ranks: each rank scans a byte range of the one file, numbering lines within it;
+    after the gather, the quarantine gives every bad record its line in the file."""
+    good = [json.dumps(r, ensure_ascii=False) for r in sample_records()[:80]]
+    lines = good[:10] + [CASES["missing_field"][0], ""] + good[10:60] + [CASES["unknown_category"][0]] + good[60:]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "all.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = base_config(tmp_path / "run", model_cache, tmp_path / "data")
+    cfg["data"]["on_bad_record"] = "skip"
+    cfg["train"].update(max_steps=2, warmup_steps=0)
+    proc = run_train(write_config(tmp_path / "c.yaml", cfg), nproc=2)
+    assert "2 bad (quarantined)" in proc.stdout
+    rows = [json.loads(line) for line in (tmp_path / "run" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["field"]) for r in rows] == [(11, "output"), (63, "category")]

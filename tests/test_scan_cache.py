@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bonsai.config import DataConfig
 from bonsai.data.dataset import RankData
 from bonsai.data.scan_cache import ScanCache, ScanReport, settings_fingerprint
@@ -131,3 +133,71 @@ def test_with_as_many_shards_as_ranks_each_rank_scans_only_the_shards_it_owns(tm
 def _bytes_read() -> int:
     with open("/proc/self/io") as io:
         return int(io.read().split("rchar: ")[1].split()[0])
+
+
+def _one_file_with_bad_and_blank_lines(path, records):
+    """One JSONL file: records, blank lines, a line of spaces, bad records (one with a long line) and
+    no newline at the end, so that piece boundaries fall inside lines of every kind."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    for at in (3, 50, 51, 120, 200):
+        lines.insert(at, "")
+    lines.insert(77, "   ")
+    lines.insert(90, '{"id": "broken", "instruction": 3}')
+    lines.insert(150, '{"id": "long", "instruction": "' + "x" * 5000)
+    lines.insert(260, "not json")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_fewer_shards_than_ranks_each_rank_scans_a_piece(tmp_path, tokenizer, world):
+    """One file on several ranks: each rank scans its byte range of it (bytes read ~ data / ranks);
+    together, once the gathered line counts number the pieces' lines, they find what one process
+    finds (bad records at their lines), and every rank joins the pieces' line indexes into the file's,
+    which a relaunch on another number of processes finds whole."""
+    from bonsai.data.shard_piece import line_bases
+    from bonsai.data.stream import index_shard
+
+    path = _one_file_with_bad_and_blank_lines(tmp_path / "all.jsonl", sample_records())
+    cfg = DataConfig(path=str(path), max_length=256, eval_fraction=0.05, on_bad_record="skip")
+    whole = RankData(cfg, tokenizer, seed=0, rank=0, world_size=1).scan()
+    assert len(whole.bad) == 3
+    ranks, reports, read = [], [], []
+    for rank in range(world):
+        ranked = RankData(cfg, tokenizer, seed=0, rank=rank, world_size=world)
+        cache = ScanCache(tmp_path / "cache", settings_fingerprint(tokenizer, cfg), rank, world)
+        before = _bytes_read()
+        reports.append(ranked.scan(cache))
+        read.append(_bytes_read() - before)
+        ranks.append((ranked, cache))
+    size = path.stat().st_size
+    assert max(read) <= size / world + 5200 + 2 * (1 << 16), (read, size)  # + a line, the identity prefixes
+    bases = line_bases([r.piece_lines for r in reports])
+    together = ScanReport()
+    for report, base in zip(reports, bases):
+        report.place_lines(base)
+        together.add(report)
+    assert _summary(together) == _summary(whole)
+    assert [str(b) for b in together.bad] == [str(b) for b in whole.bad]
+    for ranked, cache in ranks:
+        assert ranked.load_indexes(cache, bases) and ranked.indexes[str(path)] == index_shard(str(path))
+
+    relaunch = RankData(cfg, tokenizer, seed=0, rank=0, world_size=world + 1)
+    relaunch.scan(ScanCache(tmp_path / "cache", settings_fingerprint(tokenizer, cfg), 0, world + 1))
+    assert relaunch.indexes[str(path)] == index_shard(str(path))  # kept whole: no piece of it needed
+
+
+def test_a_parquet_file_on_more_ranks_is_scanned_by_rows(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = sample_records()
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "all.parquet", row_group_size=25)
+    cfg = DataConfig(path=str(tmp_path / "all.parquet"), max_length=256, eval_fraction=0.05, on_bad_record="skip")
+    whole = RankData(cfg, tokenizer, seed=0, rank=0, world_size=1).scan()
+    parts = [RankData(cfg, tokenizer, seed=0, rank=r, world_size=3).scan() for r in range(3)]
+    assert [p.items for p in parts] == [len(records) * (r + 1) // 3 - len(records) * r // 3 for r in range(3)]
+    together = ScanReport()
+    for part in parts:
+        together.add(part)
+    assert _summary(together) == _summary(whole) and together.piece_lines == {}

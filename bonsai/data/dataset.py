@@ -20,8 +20,9 @@ from bonsai.data.packing import Document, Row, one_document_per_row, pack_best_f
 from bonsai.data.records import BadRecord, Record, in_eval_split, validate_record
 from bonsai.data.records import Where
 from bonsai.data.scan_cache import ScanCache, ScanReport
-from bonsai.data.line_index import LineIndex, is_indexable
-from bonsai.data.stream import (StreamPosition, index_shard, list_shards, parse_payload, rank_items, read_shard,
+from bonsai.data.line_index import LineIndex, is_indexable, join_pieces
+from bonsai.data.shard_piece import PieceReader
+from bonsai.data.stream import (StreamPosition, list_shards, parse_payload, rank_items, read_shard,
                                 sha256_of, verify_manifest)
 from bonsai.data.template import encode_record, render_prompt
 
@@ -77,63 +78,88 @@ class RankData:
 
     def scan(self, cache: ScanCache | None = None) -> ScanReport:
         """This rank's part of the data, checked and counted: the whole shards it owns when there are at
-        least as many shards as ranks (scan_owners: each rank reads ~ data / ranks), else every
-        world_size-th line of every shard. A part comes from `cache` when its shard has not changed
-        since it was scanned. The scan also builds each JSONL shard's LineIndex it reads (kept in the
-        cache for every rank, see `load_indexes`), so that the stream reads only this rank's records."""
+        least as many shards as ranks (scan_owners), else its piece of every shard (a byte range of a
+        JSONL shard, rows of a Parquet one: bonsai.data.shard_piece); either way each rank reads about
+        data / ranks. A part comes from `cache` when its shard has not changed since it was scanned. The
+        scan also builds the LineIndex of each JSONL shard or piece it reads, kept in the cache for the
+        other ranks (see `load_indexes`), so that the stream reads only this rank's records. A piece's
+        bad records are numbered within the piece until ScanReport.place_lines."""
         report, self.indexes = ScanReport(), {}
         owners = scan_owners(self.shards, self.world_size)
         for k, shard in enumerate(self.shards):
-            if owners is not None and owners[k] != self.rank:
-                continue  # another rank's: its findings reach every rank through the trainer's gather
-            entry, part = cache.get(shard) if cache else (None, None)
-            index = cache.get_index(shard) if cache else None
-            built = None
-            if part is None:
-                part, built = self._scan_shard(shard, whole=owners is not None)
-                if cache:
-                    cache.put(entry, part)
-            elif index is None:
-                built = index_shard(shard)  # cached before indexes were: its lines, not parsed
-            if index is None and built is not None:
-                index = built
-                if cache:
-                    cache.put_index(shard, index)
-            self.indexes[shard] = index
-            report.add(part)
+            if owners is None or owners[k] == self.rank:  # others: their findings come through the gather
+                report.add(self._scan_part(shard, cache, piece=owners is None))
         return report
 
-    def load_indexes(self, cache: ScanCache | None) -> bool:
+    def _scan_part(self, shard: str, cache: ScanCache | None, piece: bool) -> ScanReport:
+        """One shard's part for this rank, and the LineIndex of what it read (the shard's, or this rank's
+        piece's when the shard's is not in the cache yet)."""
+        entry, part = cache.get(shard) if cache else (None, None)
+        whole = cache.get_index(shard) if cache else None
+        index = cache.get_index(shard, self.rank) if whole is None and piece and cache else whole
+        if part is None or (index is None and is_indexable(shard)):
+            scanned, built = self._read_part(shard, piece, check=part is None)  # else only its index is gone
+            if part is None:
+                part = scanned
+                if cache:
+                    cache.put(entry, part)
+            if index is None:
+                index = built
+                if cache and built is not None:
+                    cache.put_index(shard, built, self.rank if piece else None)
+        self.indexes[shard] = whole if piece else index  # a piece's is joined to the others' in load_indexes
+        return part
+
+    def _read_part(self, shard: str, piece: bool, check: bool = True) -> tuple[ScanReport, LineIndex | None]:
+        """Read the shard whole or this rank's piece of it: its records checked and counted (`check`),
+        and its LineIndex (lines numbered within a piece)."""
+        report = ScanReport()
+        index = LineIndex() if is_indexable(shard) else None
+        items = PieceReader(shard, self.rank, self.world_size) if piece else read_shard(shard)
+        for j, (where, payload) in enumerate(items):
+            if index is not None:
+                index.add(payload.offset, payload.offset + len(payload.data), where.line)
+            if check:
+                self._check(StreamPosition(0, j), where, payload, report)
+        if piece and index is not None:
+            report.piece_lines[shard] = items.lines
+        return report, index
+
+    def _check(self, position: StreamPosition, where: Where, payload, report: ScanReport) -> None:
+        try:
+            split, doc = self._prepare(position, where, payload)
+        except BadRecord as bad:
+            report.bad.append(bad)
+            return
+        if split == "excluded":
+            report.excluded.append(doc.id)
+        elif split == "train":
+            report.count_train(doc.record.category, doc.record.lang, doc.encoded.num_target_tokens)
+        else:
+            report.eval_records += 1
+
+    def load_indexes(self, cache: ScanCache | None, bases: list[dict[str, int]] | None = None) -> bool:
         """Every shard's LineIndex, those other ranks scanned from `cache` (call after every rank's
-        scan). False, and the stream reads every line as before, when one is missing: a Parquet shard,
-        or a run dir that is not shared between the nodes."""
+        scan), a shard scanned in pieces joined from its pieces' (`bases`: shard_piece.line_bases of
+        the ranks' ScanReport.piece_lines) and kept whole for a relaunch. False, and the stream reads
+        every line as before, when one is missing: a Parquet shard, or a run dir not shared by the nodes."""
         for shard in self.shards:
-            if self.indexes.get(shard) is None:
-                self.indexes[shard] = cache.get_index(shard) if cache and is_indexable(shard) else None
-        if any(index is None for index in self.indexes.values()):
+            if self.indexes.get(shard) is None and cache and is_indexable(shard):
+                self.indexes[shard] = cache.get_index(shard)
+                if self.indexes[shard] is None and bases is not None:
+                    self.indexes[shard] = self._join_pieces(shard, cache, bases)
+        if any(self.indexes.get(shard) is None for shard in self.shards):
             self.indexes = None
         return self.indexes is not None
 
-    def _scan_shard(self, shard: str, whole: bool) -> tuple[ScanReport, LineIndex | None]:
-        report = ScanReport()
-        index = LineIndex() if is_indexable(shard) else None
-        for j, (where, payload) in enumerate(read_shard(shard)):
-            if index is not None:
-                index.add(payload.offset, payload.offset + len(payload.data), where.line)
-            if not whole and j % self.world_size != self.rank:
-                continue
-            try:
-                split, doc = self._prepare(StreamPosition(0, j), where, payload)
-            except BadRecord as bad:
-                report.bad.append(bad)
-                continue
-            if split == "excluded":
-                report.excluded.append(doc.id)
-            elif split == "train":
-                report.count_train(doc.record.category, doc.record.lang, doc.encoded.num_target_tokens)
-            else:
-                report.eval_records += 1
-        return report, index
+    def _join_pieces(self, shard: str, cache: ScanCache, bases: list[dict[str, int]]) -> LineIndex | None:
+        pieces = [cache.get_index(shard, rank) for rank in range(self.world_size)]
+        if any(piece is None for piece in pieces):
+            return None
+        whole = join_pieces(pieces, [base.get(shard, 0) for base in bases])
+        if self.rank == 0:
+            cache.put_index(shard, whole)  # a relaunch, on any number of processes, finds it whole
+        return whole
 
     def documents(self, split: Split, start: StreamPosition, epochs: int | None) -> Iterator[Document]:
         """Train: shuffled, epoch after epoch. Eval: file order. Bad records were reported by `scan`;
@@ -161,7 +187,7 @@ class RankData:
 def scan_owners(shards: list[str], world_size: int) -> list[int] | None:
     """Which rank scans each shard whole: the largest first, each to the rank with the fewest bytes so
     far (ties: the lowest rank), the same on every rank. None when there are fewer shards than ranks:
-    then every rank scans every world_size-th line of every shard."""
+    then every rank scans a piece of every shard (bonsai.data.shard_piece)."""
     if world_size == 1 or len(shards) < world_size:
         return None if world_size > 1 else [0] * len(shards)
     sizes = [fs.size(path) or 0 for fs, path in map(fsspec.core.url_to_fs, shards)]

@@ -108,3 +108,14 @@ def index_lines(lines: Iterator[tuple[int, int, int]]) -> LineIndex:
     for start, end, line in lines:
         index.add(start, end, line)
     return index
+
+
+def join_pieces(pieces: list[LineIndex], bases: list[int]) -> LineIndex:
+    """A shard's LineIndex from its pieces' (bonsai.data.shard_piece), in order, each piece's lines
+    numbered within it and moved by its base."""
+    whole = LineIndex()
+    for piece, base in zip(pieces, bases, strict=True):
+        whole.starts.extend(piece.starts)
+        whole.ends.extend(piece.ends)
+        whole.lines.extend(line + base for line in piece.lines)
+    return whole

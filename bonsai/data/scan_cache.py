@@ -26,7 +26,7 @@ from bonsai.data.line_index import LineIndex
 from bonsai.data.template import encode_record
 from bonsai.io import write_json
 
-SCAN_CACHE_VERSION = 3  # raise when what a scan computes changes
+SCAN_CACHE_VERSION = 4  # raise when what a scan computes changes
 PREFIX_BYTES = 1 << 16
 _PROBE = Record(id="scan-cache-probe", instruction="日本で一番高い山は? Which is the highest mountain?",
                 input="翻訳: 富士山", output="Mount Fuji / 富士山", category="translation", lang="en", source_lang="ja")
@@ -44,6 +44,9 @@ class ScanReport:
     """Ids of the records data.exclude left out (they still hold their place in the stream)."""
     train_by_group: Counter[str] = field(default_factory=Counter)
     """Training records per "category/lang" (the model card's data summary)."""
+    piece_lines: dict[str, int] = field(default_factory=dict)
+    """Per JSONL shard this rank scanned a piece of (bonsai.data.shard_piece): the lines that started in
+    it. Its bad records are numbered within the piece until `place_lines` puts them in the shard."""
 
     def count_train(self, category: str, lang: str, target_tokens: int) -> None:
         self.train_records += 1
@@ -61,17 +64,25 @@ class ScanReport:
         self.bad += other.bad
         self.excluded += other.excluded
         self.train_by_group.update(other.train_by_group)
+        self.piece_lines.update(other.piece_lines)
+
+    def place_lines(self, bases: dict[str, int]) -> None:
+        """Number the bad records of this rank's pieces within their shards (`bases`: line_bases')."""
+        self.bad = [BadRecord(Where(b.where.path, b.where.line + bases.get(b.where.path, 0)), b.field, b.reason,
+                              b.raw) if b.where.path in self.piece_lines else b for b in self.bad]
+        self.piece_lines = {}
 
     def to_dict(self) -> dict:
         return {"train_records": self.train_records, "eval_records": self.eval_records,
                 "train_target_tokens": self.train_target_tokens, "bad": [b.as_quarantine_row() for b in self.bad],
-                "excluded": self.excluded, "train_by_group": self.train_by_group}
+                "excluded": self.excluded, "train_by_group": self.train_by_group,
+                "piece_lines": self.piece_lines}
 
     @classmethod
     def from_dict(cls, d: dict) -> ScanReport:
         bad = [BadRecord(Where(b["path"], b["line"]), b["field"], b["reason"], b["raw"]) for b in d["bad"]]
         return cls(d["train_records"], d["eval_records"], d["train_target_tokens"], bad, list(d["excluded"]),
-                   Counter(d["train_by_group"]))
+                   Counter(d["train_by_group"]), dict(d["piece_lines"]))
 
 
 def shard_identity(url: str) -> str:
@@ -115,12 +126,18 @@ class ScanCache:
         key = json.dumps([url, self._identity(url), "line-index", SCAN_CACHE_VERSION])
         return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()}.index"
 
-    def get_index(self, url: str) -> LineIndex | None:
-        return LineIndex.load(self._index_entry(url))
+    def _piece_entry(self, url: str, rank: int) -> Path:
+        """The LineIndex of one rank's piece of a shard (lines numbered within the piece)."""
+        key = json.dumps([url, self._identity(url), "line-index-piece", rank, self.world_size, SCAN_CACHE_VERSION])
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()}.index"
 
-    def put_index(self, url: str, index: LineIndex) -> None:
+    def get_index(self, url: str, piece: int | None = None) -> LineIndex | None:
+        """The shard's LineIndex, or (`piece`: a rank) that rank's piece's, from a scan of pieces."""
+        return LineIndex.load(self._index_entry(url) if piece is None else self._piece_entry(url, piece))
+
+    def put_index(self, url: str, index: LineIndex, piece: int | None = None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        index.save(self._index_entry(url))
+        index.save(self._index_entry(url) if piece is None else self._piece_entry(url, piece))
 
     def get(self, url: str) -> tuple[Path, ScanReport | None]:
         entry = self._entry(url)

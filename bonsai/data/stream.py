@@ -122,32 +122,46 @@ def read_shard(url: str, offset: int = 0, line: int = 1) -> Iterator[tuple[Where
     records and are passed over. `offset` and `line`: start at that byte offset (JSONL; a line start)
     or row index (Parquet, whose row groups before it are not read), numbered from `line`."""
     if url.endswith(".parquet"):
-        yield from _read_parquet(url, offset)
+        yield from read_parquet(url, offset)
         return
     with fsspec.open(url, "rb") as f:
         if offset:
             f.seek(offset)
-        for line_no, data in enumerate(f, start=line):
+        for line_no, data, start in jsonl_lines(f, offset, line):
             if data.strip():
-                yield Where(url, line_no), RawLine(data, offset)
-            offset += len(data)
+                yield Where(url, line_no), RawLine(data, start)
 
 
-def _read_parquet(url: str, first_row: int) -> Iterator[tuple[Where, dict]]:
+def jsonl_lines(f, offset: int, line: int, end: int | None = None) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, bytes, offset) of every line of `f` (positioned at `offset`, a line start), blank
+    ones too, up to the first line that starts at or after `end`."""
+    for line_no, data in enumerate(f, start=line):
+        if end is not None and offset >= end:
+            return
+        yield line_no, data, offset
+        offset += len(data)
+
+
+def read_parquet(url: str, first_row: int, end_row: int | None = None) -> Iterator[tuple[Where, dict]]:
+    """Rows [first_row, end_row) as dicts, numbered from 1; the row groups outside them are not read."""
     import pyarrow.parquet as pq
 
     with fsspec.open(url, "rb") as f:
         parquet = pq.ParquetFile(f)
-        groups, row = [], 0
+        end_row = parquet.metadata.num_rows if end_row is None else end_row
+        groups, row, group_start = [], 0, 0
         for g in range(parquet.num_row_groups):
             size = parquet.metadata.row_group(g).num_rows
-            if row + size > first_row or groups:
+            if group_start + size > first_row and group_start < end_row:
                 groups.append(g)
-            else:
+            elif not groups:
                 row += size  # a whole group before the start: not read
+            group_start += size
         for batch in parquet.iter_batches(batch_size=1024, row_groups=groups):
             for obj in batch.to_pylist():
                 row += 1
+                if row > end_row:
+                    return
                 if row > first_row:
                     yield Where(url, row), obj
 

@@ -13,7 +13,6 @@ import json
 import os
 import time
 from dataclasses import replace
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +50,8 @@ from bonsai.version import package_version
 from bonsai import metric_keys as keys
 from bonsai.data.stream import StreamPosition, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
-from bonsai.data.scan_cache import ScanCache, settings_fingerprint
+from bonsai.data.scan_cache import ScanCache, ScanReport, settings_fingerprint
+from bonsai.data.shard_piece import line_bases
 from bonsai.train.optimizer import build_optimizer
 from bonsai.train.reshard import SCRATCH_PREFIX, load_resharded, needs_reshard
 from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
@@ -471,29 +471,28 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
     begun = time.perf_counter()
     fingerprint = settings_fingerprint(data.tokenizer, cfg.data, data.excluded)
     cache = ScanCache(run.scan_cache, fingerprint, dist.rank, dist.world_size)
-    report = data.scan(cache)
-    rows = dist.gather_objects(
-        ([b.as_quarantine_row() for b in report.bad], [str(b) for b in report.bad],
-         report.train_records, report.eval_records, report.train_target_tokens, cache.hits, cache.misses,
-         report.excluded, report.train_by_group)
-    )
-    data.load_indexes(cache)  # after the gather: every rank has written the indexes of what it scanned
-    bad_rows = [r for per_rank in rows for r in per_rank[0]]
-    bad_text = [t for per_rank in rows for t in per_rank[1]]
+    scanned = dist.gather_objects((data.scan(cache).to_dict(), cache.hits, cache.misses))
+    reports = [ScanReport.from_dict(d) for d, _, _ in scanned]
+    bases = line_bases([r.piece_lines for r in reports])
+    whole = ScanReport()
+    for report, base in zip(reports, bases):
+        report.place_lines(base)  # a piece's bad records, numbered in their shards
+        whole.add(report)
+    data.load_indexes(cache, bases)  # after the gather: every rank has written the indexes of what it scanned
+    bad_rows = [b.as_quarantine_row() for b in whole.bad]
+    bad_text = [str(b) for b in whole.bad]
     counts = {
-        "train_records": sum(r[2] for r in rows),
-        "eval_records": sum(r[3] for r in rows),
-        "train_target_tokens": sum(r[4] for r in rows),
+        "train_records": whole.train_records,
+        "eval_records": whole.eval_records,
+        "train_target_tokens": whole.train_target_tokens,
         "bad_records": len(bad_rows),
-        "cached_parts": sum(r[5] for r in rows),
-        "parts": sum(r[5] + r[6] for r in rows),
+        "cached_parts": sum(hits for _, hits, _ in scanned),
+        "parts": sum(hits + misses for _, hits, misses in scanned),
         "scan_s": time.perf_counter() - begun,
-        "excluded_found": sorted({i for r in rows for i in r[7]}),
-        "train_by_group": dict(sum((r[8] for r in rows), Counter())),
+        "excluded_found": sorted(set(whole.excluded)),
+        "train_by_group": dict(whole.train_by_group),
+        "items": whole.items,  # excluded records hold their place in the stream like any other
     }
-    # Items per epoch: excluded records hold their place in the stream like any other.
-    counts["items"] = (counts["train_records"] + counts["eval_records"] + counts["bad_records"]
-                       + sum(len(r[7]) for r in rows))
     if counts["items"] == 0:
         raise no_records_error(data.shards, 0, dist.rank, dist.world_size)
     if bad_rows and cfg.data.on_bad_record == "error":
