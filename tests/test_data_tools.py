@@ -1,6 +1,7 @@
 """bonsai data audit / convert / shard / publish."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -153,6 +154,14 @@ def test_shard_writes_balanced_shards_and_training_verifies_the_manifest(tmp_pat
     data = RankData(cfg, tokenizer, seed=0, rank=0, world_size=1)
     assert len(data.shards) == 4  # manifest.json is not read as a shard
     assert len(list(data.documents("train", StreamPosition(), 1))) == 302
+
+    broken = tmp_path / "broken"
+    shutil.copytree(SAMPLE, broken)
+    with (broken / "part-00001.jsonl").open("a", encoding="utf-8") as f:
+        f.write('{"id": "b", "instruction": "x"}\n')
+    with pytest.raises(ConvertError, match=r"1 bad record\(s\):\n  .*part-00001.jsonl:\d+: field 'output'"):
+        shard([str(broken)], tmp_path / "not-written", 4, fmt)  # never dropped silently
+    assert not (tmp_path / "not-written").exists()
 
     victim = tmp_path / "shards" / f"part-00002.{fmt}"
     victim.write_bytes(victim.read_bytes()[:-20])  # a partly copied shard

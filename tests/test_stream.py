@@ -202,6 +202,7 @@ def test_parquet_beside_jsonl_is_read_line_by_line_after_a_scan(tmp_path, tokeni
         data.scan()  # the stream is read before and after the indexes are settled
         mine = [d.record.id for d in data.documents("train", StreamPosition(), 1)]
         assert data.load_indexes(None) is False
+        assert "1 Parquet shard(s) have no line index" in data.unindexed_reason()  # said in the log
         assert [d.record.id for d in data.documents("train", StreamPosition(), 1)] == mine
         ids += mine
     assert sorted(ids) == sorted(r["id"] for r in records)

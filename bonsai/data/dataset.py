@@ -152,6 +152,17 @@ class RankData:
             self.indexes = None
         return self.indexes is not None
 
+    def unindexed_reason(self) -> str | None:
+        """Why each of several ranks' streams reads every record, not only its own (None: it does not)."""
+        if self.world_size == 1 or self.indexes is not None:
+            return None
+        parquet = sum(not is_indexable(shard) for shard in self.shards)
+        if parquet:
+            return (f"{parquet} Parquet shard(s) have no line index (a row is read with its row group); "
+                    f"`bonsai data shard {self.cfg.path} --shards N --out DIR` writes JSONL shards, of which "
+                    f"each rank reads only its own records")
+        return "a shard's line index is not in the scan cache (is the run dir on storage every node shares?)"
+
     def _join_pieces(self, shard: str, cache: ScanCache, bases: list[dict[str, int]]) -> LineIndex | None:
         pieces = [cache.get_index(shard, rank) for rank in range(self.world_size)]
         if any(piece is None for piece in pieces):

@@ -141,11 +141,21 @@ def convert(paths: list[str], out: Path, source: str, category_map: dict[str, st
     return len(records)
 
 
-def shard(paths: list[str], out_dir: Path, num_shards: int, fmt: str) -> dict:
-    """Round-robin into `num_shards` files (sizes differ by at most one) plus a manifest of counts and hashes."""
-    from bonsai.data.dataset import read_valid_records
+def every_record(paths: list[str]) -> list[Record]:
+    """The records under `paths`, all valid: a tool that rewrites the data must not drop one silently."""
+    from bonsai.data.dataset import describe_bad_records, read_records
 
-    records = [r.__dict__ for path in paths for r in read_valid_records(path)]
+    read = [read_records(path) for path in paths]
+    bad = [str(b) for _, _, found in read for b in found]
+    if bad:
+        raise ConvertError(f"{describe_bad_records(bad)}\nFix them (`bonsai data audit` lists them too) and run this again")
+    return [r for found, _, _ in read for r in found]
+
+
+def shard(paths: list[str], out_dir: Path, num_shards: int, fmt: str) -> dict:
+    """Round-robin into `num_shards` files (sizes differ by at most one) plus a manifest of counts and hashes.
+    A bad record is not dropped on the way: it is refused, with every other one, before anything is written."""
+    records = [r.__dict__ for r in every_record(paths)]
     records = [{k: v for k, v in r.items() if v is not None} for r in records]
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -168,9 +178,7 @@ def shard(paths: list[str], out_dir: Path, num_shards: int, fmt: str) -> dict:
 def publish(src: str, out_dir: Path, name: str, license_id: str, repo_id: str | None) -> str:
     """A directory that `datasets.load_dataset(out_dir)` loads, with a dataset card. With a repo id and a
     token (HF_TOKEN), also push it to the Hub."""
-    from bonsai.data.dataset import read_valid_records
-
-    records: list[Record] = read_valid_records(src)
+    records = every_record([src])
     if not records:
         raise ConvertError(f"{src}: no valid records to publish")
     data_dir = out_dir / "data"

@@ -139,6 +139,8 @@ class Trainer:
                  f"{len(self.data.shards)} shard(s), {counts['bad_records']} bad (quarantined), "
                  f"{counts['train_target_tokens']} response tokens/epoch; scanned in {counts['scan_s']:.1f} s "
                  f"({counts['cached_parts']} of {counts['parts']} shard parts from {self.run.scan_cache})")
+        if self.data.unindexed_reason():
+            self.say(f"data: every rank's stream reads every record: {self.data.unindexed_reason()}")
         if cfg.data.exclude:
             self.say(describe_exclusions(cfg.data.exclude, self.data.excluded, counts["excluded_found"]))
         self._setup_model()
