@@ -155,7 +155,7 @@ def test_fewer_shards_than_ranks_each_rank_scans_a_piece(tmp_path, tokenizer, wo
     together, once the gathered line counts number the pieces' lines, they find what one process
     finds (bad records at their lines), and every rank joins the pieces' line indexes into the file's,
     which a relaunch on another number of processes finds whole."""
-    from bonsai.data.shard_piece import line_bases
+    from bonsai.data.scan_cache import combine_reports
     from bonsai.data.stream import index_shard
 
     path = _one_file_with_bad_and_blank_lines(tmp_path / "all.jsonl", sample_records())
@@ -172,11 +172,7 @@ def test_fewer_shards_than_ranks_each_rank_scans_a_piece(tmp_path, tokenizer, wo
         ranks.append((ranked, cache))
     size = path.stat().st_size
     assert max(read) <= size / world + 5200 + 2 * (1 << 16), (read, size)  # + a line, the identity prefixes
-    bases = line_bases([r.piece_lines for r in reports])
-    together = ScanReport()
-    for report, base in zip(reports, bases):
-        report.place_lines(base)
-        together.add(report)
+    together, bases = combine_reports(reports)
     assert _summary(together) == _summary(whole)
     assert [str(b) for b in together.bad] == [str(b) for b in whole.bad]
     for ranked, cache in ranks:

@@ -85,6 +85,19 @@ class ScanReport:
                    Counter(d["train_by_group"]), dict(d["piece_lines"]))
 
 
+def combine_reports(reports: list[ScanReport]) -> tuple[ScanReport, list[dict[str, int]]]:
+    """Every rank's report (in rank order) as one, each piece's bad records numbered in their shard, and
+    the ranks' line bases (shard_piece.line_bases), with which their pieces' line indexes join."""
+    from bonsai.data.shard_piece import line_bases
+
+    bases = line_bases([r.piece_lines for r in reports])
+    whole = ScanReport()
+    for report, base in zip(reports, bases, strict=True):
+        report.place_lines(base)
+        whole.add(report)
+    return whole, bases
+
+
 def shard_identity(url: str) -> str:
     """What says a shard's bytes are the ones scanned before, without reading it whole."""
     fs, path = fsspec.core.url_to_fs(url)

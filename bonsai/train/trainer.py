@@ -50,8 +50,7 @@ from bonsai.version import package_version
 from bonsai import metric_keys as keys
 from bonsai.data.stream import StreamPosition, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
-from bonsai.data.scan_cache import ScanCache, ScanReport, settings_fingerprint
-from bonsai.data.shard_piece import line_bases
+from bonsai.data.scan_cache import ScanCache, ScanReport, combine_reports, settings_fingerprint
 from bonsai.train.optimizer import build_optimizer
 from bonsai.train.reshard import SCRATCH_PREFIX, load_resharded, needs_reshard
 from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
@@ -139,8 +138,9 @@ class Trainer:
                  f"{len(self.data.shards)} shard(s), {counts['bad_records']} bad (quarantined), "
                  f"{counts['train_target_tokens']} response tokens/epoch; scanned in {counts['scan_s']:.1f} s "
                  f"({counts['cached_parts']} of {counts['parts']} shard parts from {self.run.scan_cache})")
-        if self.data.unindexed_reason():
-            self.say(f"data: every rank's stream reads every record: {self.data.unindexed_reason()}")
+        unindexed = self.data.unindexed_reason()
+        if unindexed:
+            self.say(f"data: every rank's stream reads every record: {unindexed}")
         if cfg.data.exclude:
             self.say(describe_exclusions(cfg.data.exclude, self.data.excluded, counts["excluded_found"]))
         self._setup_model()
@@ -474,12 +474,7 @@ def scan_data(dist: Dist, data: RankData, cfg: BonsaiConfig, run: RunDir) -> dic
     fingerprint = settings_fingerprint(data.tokenizer, cfg.data, data.excluded)
     cache = ScanCache(run.scan_cache, fingerprint, dist.rank, dist.world_size)
     scanned = dist.gather_objects((data.scan(cache).to_dict(), cache.hits, cache.misses))
-    reports = [ScanReport.from_dict(d) for d, _, _ in scanned]
-    bases = line_bases([r.piece_lines for r in reports])
-    whole = ScanReport()
-    for report, base in zip(reports, bases):
-        report.place_lines(base)  # a piece's bad records, numbered in their shards
-        whole.add(report)
+    whole, bases = combine_reports([ScanReport.from_dict(d) for d, _, _ in scanned])
     data.load_indexes(cache, bases)  # after the gather: every rank has written the indexes of what it scanned
     bad_rows = [b.as_quarantine_row() for b in whole.bad]
     bad_text = [str(b) for b in whole.bad]
