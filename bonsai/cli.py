@@ -232,12 +232,13 @@ def _train(args) -> int:
     from bonsai.data.records import BadRecord
     from bonsai.data.stream import DataSourceError
     from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, ModelSourceError,
-                               RunDirLocked, TrainingUnstable, WorldSizeMismatch, error_line)
+                               RunDirLocked, TrainingUnstable, UpdateNotApplied, WorldSizeMismatch,
+                               error_line)
     from bonsai.train.distributed import launcher_world_size
 
     user_errors = {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
                    WorldSizeMismatch: 2, RunDirLocked: 2, ModelSourceError: 2, CheckpointWriteError: 5,
-                   TrainingUnstable: 3, CollectiveFailure: 4}
+                   TrainingUnstable: 3, UpdateNotApplied: 3, CollectiveFailure: 4}
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.check_world_size(launcher_world_size())

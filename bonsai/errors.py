@@ -12,6 +12,10 @@ class TrainingUnstable(RuntimeError):
     """The monitor asked for more rollbacks than monitor.max_rollbacks allows."""
 
 
+class UpdateNotApplied(RuntimeError):
+    """An optimizer step that Bonsai did not decide to skip applied no update (or the reverse)."""
+
+
 class WorldSizeMismatch(RuntimeError):
     """The launcher and Accelerate disagree on the number of processes."""
 

@@ -173,6 +173,17 @@ class RecordLossTracker:
         write_text_atomic(path, json.dumps(self.state_dict()))
 
 
+def merged_record_stats(states: list[dict[str, dict]]) -> dict[str, dict]:
+    """Several ranks' tracker states as one: within an epoch a record is on one rank, so for each record
+    the rank that saw it most holds its history (as `bonsai report` merges the ranks' files)."""
+    merged: dict[str, dict] = {}
+    for state in states:
+        for rid, stats in state.items():
+            if rid not in merged or stats["seen"] > merged[rid]["seen"]:
+                merged[rid] = stats
+    return merged
+
+
 def batch_records(records, losses: list[float], tokens: list[float]) -> list[dict]:
     """The step's records as event rows: id, category, language, per-token loss, token count."""
     return [

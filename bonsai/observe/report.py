@@ -26,6 +26,7 @@ from bonsai.data.checks import (borrowed_answers, find_contradictions, find_lang
 from bonsai.data.textmetrics import text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
+from bonsai.observe.monitor import merged_record_stats
 from bonsai.rundir import RunDir
 from bonsai.robust import by_group
 from bonsai.data.dataset import read_valid_records
@@ -48,12 +49,8 @@ def read_events(run_dir: Path) -> list[dict]:
 
 
 def read_record_stats(run_dir: Path) -> dict[str, dict]:
-    merged: dict[str, dict] = {}
-    for path in sorted(RunDir(run_dir).record_stats_dir.glob("rank*.json")):
-        for rid, s in json.loads(path.read_text(encoding="utf-8")).items():
-            if rid not in merged or s["seen"] > merged[rid]["seen"]:
-                merged[rid] = s  # within an epoch a record is on one rank; keep the rank that saw it most
-    return merged
+    paths = sorted(RunDir(run_dir).record_stats_dir.glob("rank*.json"))
+    return merged_record_stats([json.loads(p.read_text(encoding="utf-8")) for p in paths])
 
 
 def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:

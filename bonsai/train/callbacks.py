@@ -24,7 +24,7 @@ from bonsai.io import write_text_atomic
 from bonsai import metric_keys as keys
 from bonsai.evaluate.generation import Probe, average_by_category, generate, generation_rows
 from bonsai.model.loss import breakdown_metrics, eval_loss_sums
-from bonsai.observe.monitor import Event, RecordLossTracker, SpikeDetector, batch_records
+from bonsai.observe.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, merged_record_stats
 from bonsai.train.step import StepStats, micro_batches_of
 from bonsai.data.packing import Row
 from bonsai.data.stream import StreamPosition
@@ -83,6 +83,12 @@ class Callback:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def state_after_resize(self, states: list[dict | None], rank: int) -> dict | None:
+        """This rank's state when the checkpoint was written by `len(states)` ranks and this run has
+        another number: by default rank 0's (what every rank holds alike, since every rank sees the same
+        global values). A callback with per-rank state merges it."""
+        return states[0]
+
 
 class MonitorCallback(Callback):
     """The instability detector and the per-record loss statistics behind `bonsai report`."""
@@ -107,15 +113,28 @@ class MonitorCallback(Callback):
                 event.records, event.data_positions = rows, [p for _, p in gathered]
         return events
 
-    def on_checkpoint(self, directory: Path) -> None:
-        self.tracker.save(self.trainer.run.record_stats(self.trainer.dist.rank))
-
     def state_dict(self) -> dict:
         return {"detector": self.detector.state_dict(), "records": self.tracker.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.detector.load_state_dict(state["detector"])
         self.tracker.load_state_dict(state["records"])
+
+    def state_after_resize(self, states: list[dict | None], rank: int) -> dict | None:
+        """The detector's history is global (rank 0's, on every rank); each old rank's record statistics
+        go to rank 0, which then holds the run's history of every record (`bonsai report` merges ranks)."""
+        if states[0] is None:
+            return None
+        records = merged_record_stats([s["records"] for s in states if s]) if rank == 0 else {}
+        return {"detector": states[0]["detector"], "records": records}
+
+    def on_checkpoint(self, directory: Path) -> None:
+        t = self.trainer
+        self.tracker.save(t.run.record_stats(t.dist.rank))
+        if t.dist.is_main:  # the files of ranks this world no longer has: their records are rank 0's now
+            for old in t.run.record_stats_dir.glob("rank*.json"):
+                if int(old.stem[4:]) >= t.dist.world_size:
+                    old.unlink()
 
 
 class DataLogCallback(Callback):
@@ -140,7 +159,7 @@ class DataLogCallback(Callback):
             for old in stale:
                 _drop_rows_from(old, outcome.step)
         documents = [d for row in outcome.rows for d in row.documents]
-        row = {"step": outcome.step, "records": [d.record.id for d in documents],
+        row = {"step": outcome.step, "rows": len(outcome.rows), "records": [d.record.id for d in documents],
                "epochs": [d.position.epoch for d in documents], "skipped": outcome.action == "skip"}
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
@@ -350,3 +369,11 @@ class Callbacks:
         for cb in self.callbacks:
             if cb.name in states:
                 cb.load_state_dict(states[cb.name])
+
+    def load_resized(self, states: list[dict], rank: int) -> None:
+        """Every old rank's states (`states[r]`, {} where a rank wrote none), for a run on another
+        number of ranks: each callback decides what this rank takes."""
+        for cb in self.callbacks:
+            state = cb.state_after_resize([s.get(cb.name) for s in states], rank)
+            if state is not None:
+                cb.load_state_dict(state)

@@ -48,6 +48,7 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
     # DDP and ZeRO average gradients over ranks, and Accelerate (DDP) or DeepSpeed divide every
     # micro-batch's loss by the accumulation steps: scaling by both turns that into the plain sum.
     scale = dist.world_size * len(micro_batches) / target_tokens
+    start_at_boundary(accelerator, len(micro_batches))
     loss_sum = torch.zeros((), device=dist.device)
     records, record_loss, record_tokens = [], [], []
     for batch in micro_batches:
@@ -65,6 +66,18 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
     grad_norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=dist.device)
     return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, False, records,
                      torch.cat(record_loss), torch.cat(record_tokens))
+
+
+def start_at_boundary(accelerator, micro_batches: int) -> None:
+    """Every optimizer step starts at an accumulation boundary, so the last of its micro-batches is the
+    one where gradients are reduced and the optimizer steps. Accelerate counts micro-batches across steps
+    (`Accelerator.step`), saves the count with a checkpoint and restores it in `load_state`: a count
+    restored under another accumulation (another number of processes, another micro-batch size) put the
+    boundary off the last micro-batch for good, and `optimizer.step()` then did nothing, silently."""
+    if accelerator.gradient_accumulation_steps != micro_batches:
+        raise RuntimeError(f"{micro_batches} micro-batches in a step, but Accelerate accumulates "
+                           f"{accelerator.gradient_accumulation_steps}: the trainer and the accelerator disagree")
+    accelerator.step = 0
 
 
 def apply_update(optimizer, scheduler, skip: bool = False) -> None:

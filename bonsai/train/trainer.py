@@ -41,6 +41,7 @@ from bonsai.model.source import resolve_checkpoint
 from bonsai.observe.monitor import Event, strongest_action
 from bonsai.data.packing import Row
 from bonsai.train.preemption import StopRequest, preempted_exit_code, write_stopped
+from bonsai.train.update_guard import UpdateGuard
 from bonsai.train.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
 from bonsai.io import write_json, write_jsonl
 from bonsai.rundir import RunDir
@@ -119,6 +120,7 @@ class Trainer:
         self.logger: FanOut | None = None
         self.stop: StopRequest | None = None
         self.lock: RunLock | None = None
+        self.guard: UpdateGuard | None = None
         self.state = TrainerState(world_size=dist.world_size, data_positions=[StreamPosition().to_dict()] * dist.world_size)
 
     # --- setup ------------------------------------------------------------------------------------
@@ -153,6 +155,7 @@ class Trainer:
             self.state, said = merge_positions(self.state, dist.world_size, counts["items"])
             self.say(said)
         self.data.layouts = layouts_from_dict(self.state.data_layouts)
+        self.guard.last_applied = self.state.step
         if self.state.finished and self.state.step < cfg.train.max_steps:
             self.state.finished = False  # train.max_steps was raised: go on from the final checkpoint
         if self.state.finished:
@@ -244,6 +247,7 @@ class Trainer:
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, cfg.train.num_warmup_steps, cfg.train.max_steps, min_lr_rate=cfg.train.min_lr_ratio)
         self.model, self.optimizer, self.scheduler = dist.accelerator.prepare(model, optimizer, scheduler)
+        self.guard = UpdateGuard()
 
     def _load(self, checkpoint: Path) -> None:
         """Model, optimizer, scheduler, RNG and counters from `checkpoint`, and every callback's state."""
@@ -254,9 +258,12 @@ class Trainer:
         except (OSError, RuntimeError, ValueError) as err:  # sizes verified, contents not: say which one
             raise CheckpointMismatch(f"{checkpoint} verified but could not be loaded ({str(err).splitlines()[0][:200]}); "
                                      f"move it aside to resume from the one before") from err
-        states = checkpoint / CALLBACK_STATE.format(rank=self.dist.rank)  # absent for a rank the writer lacked
-        if states.exists():
-            self.callbacks.load_state_dict(json.loads(states.read_text(encoding="utf-8")))
+        saved = [checkpoint / CALLBACK_STATE.format(rank=r) for r in range(read_trainer_state(checkpoint).world_size)]
+        states = [json.loads(p.read_text(encoding="utf-8")) if p.exists() else {} for p in saved]
+        if len(states) == self.dist.world_size:
+            self.callbacks.load_state_dict(states[self.dist.rank])
+        else:  # every rank must judge steps alike: none may start with a blind detector
+            self.callbacks.load_resized(states, self.dist.rank)
 
     def _load_state(self, checkpoint: Path) -> TrainerState:
         """Model, optimizer, scheduler and counters: as saved, or resharded when `checkpoint` was written
@@ -291,6 +298,7 @@ class Trainer:
                 self._rollback(events)
                 continue
             apply_update(self.optimizer, self.scheduler, skip=action == "skip")
+            self.guard.check(self.state.step + 1, skipped=action == "skip", why_not=self._accumulation_state)
             self._commit(stats, action)
             outcome = StepOutcome(self.state.step, stats, time.perf_counter() - begun, action, events, taken)
             self.stop.note_step(outcome.elapsed_s)
@@ -314,6 +322,11 @@ class Trainer:
         if self.logger and events:
             self.logger.log_rows("events", [e.to_dict() for e in events], self.state.step + 1)
         return action
+
+    def _accumulation_state(self) -> str:
+        acc = self.dist.accelerator
+        return (f" (at the update Accelerate had sync_gradients={acc.sync_gradients}, its micro-step counter at "
+                f"{acc.step}, accumulation {acc.gradient_accumulation_steps})")
 
     def _commit(self, stats: StepStats, action: str | None) -> None:
         state = self.state
@@ -356,6 +369,7 @@ class Trainer:
         # The callbacks keep what they learned (the detector keeps the spike out of its baseline).
         self.state = self._load_state(target)
         self.state.rollbacks = rollbacks
+        self.guard.forget(self.state.step)  # under DeepSpeed the engine stepped inside backward: gone now
         # The data goes on from here, under this world's layout (the target may predate a resize).
         self.state.world_size, self.state.data_layouts = state.world_size, state.data_layouts
         self.say(f"rolled back to {target.name} (rollback {rollbacks} of at most {cfg.monitor.max_rollbacks}); "
@@ -451,6 +465,8 @@ class Trainer:
             self.logger.close()
         if self.stop:
             self.stop.uninstall()
+        if self.guard:
+            self.guard.close()
         if self.lock:
             self.lock.release()
 
