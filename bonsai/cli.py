@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from bonsai.config import ConfigError, DecodeConfig, load_config, to_yaml
 from bonsai.data.records import CATEGORIES, LANGUAGES
@@ -33,9 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="loss curve, instability events and suspect records of a run",
-        description="Writes RUN_DIR/report.png and RUN_DIR/report.json and prints a summary.",
+        description="Writes report.png and report.json into RUN_DIR (or --out) and prints a summary. On a run "
+                    "still training, says so: its per-record statistics are those of its last checkpoint.",
     )
     report.add_argument("run_dir", help="a run directory (train.output_dir)")
+    report.add_argument("--out", metavar="DIR", help="write report.png and report.json here instead (e.g. for a "
+                                                     "read-only run directory)")
 
     gen = sub.add_parser("generate", help="answer prompts with a trained model, using the training template",
                          description="MODEL: a model dir (full, merged or exported), a LoRA adapter dir, or a hub id.")
@@ -482,11 +486,17 @@ def _slurm(args) -> int:
 
 def _report(args) -> int:
     from bonsai.observe.report import summary_text, write_report
+    from bonsai.train.lock import live_holder
 
+    out = Path(args.out or args.run_dir)
     try:
-        print(summary_text(write_report(args.run_dir)))
+        print(summary_text(write_report(args.run_dir, out, live=live_holder(Path(args.run_dir)))))
     except (FileNotFoundError, ConfigError) as err:
         print(f"bonsai: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full run directory
+        print(f"bonsai: error: cannot write the report into {out} ({err.strerror or err}); "
+              f"pass --out DIR to write it elsewhere", file=sys.stderr)
         return 2
     return 0
 

@@ -96,6 +96,10 @@ class DataConfig(_Section):
     exclude: str | None = None
     """A file of record ids left out of training and eval: the excluded.jsonl `bonsai data clean` writes,
     or one id per line. Lets a run train without a report's suspects without copying the data."""
+    on_change: Literal["error", "new_epoch"] = "error"
+    """What a resume does when a shard was appended to, edited, added or removed since the checkpoint (its
+    saved byte offsets would point at other records). error: refuse, naming the shard and the change.
+    new_epoch: the interrupted epoch ends there and a new one starts over the changed data, announced."""
 
 
 class TrainConfig(_Section):
@@ -231,6 +235,15 @@ class MonitorConfig(_Section):
     """A non-finite loss or gradient never reaches the weights, so `warn` is not offered here. `auto`:
     `skip` under DDP, `rollback` under DeepSpeed (whose engine applies the update inside backward)."""
     max_rollbacks: int = Field(3, ge=0)
+    divergence_ratio: float = Field(1.5, gt=1)
+    """A loss above this many times the loss of a uniform guess over the vocabulary (ln V) is divergence: the
+    model predicts worse than one that knows nothing. Checked from the first step, warm-up included."""
+    on_divergence: Literal["stop", "rollback"] = "stop"
+    """stop: exit 3 naming the step and the last healthy checkpoint. rollback: back to that checkpoint, data
+    after the step (counts against max_rollbacks)."""
+    max_skipped_in_a_row: int = Field(5, ge=1)
+    """This many updates skipped in a row (non-finite steps, or spikes under `skip`) stop the run: it is not
+    recovering."""
 
     def for_strategy(self, deepspeed: bool) -> MonitorConfig:
         """This config with `auto` resolved; an explicit `skip` under DeepSpeed is refused, not rewritten."""
@@ -384,7 +397,7 @@ def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
 # silently overridden by the saved optimizer and scheduler state or make the run two different runs.
 # The micro-batch may change: the checkpoint's global batch is kept (bonsai.train.resize).
 MAY_CHANGE_ON_RESUME = ("train.max_steps", "train.micro_batch_size", "train.checkpoint_every",
-                        "train.keep_checkpoints", "train.log_every",
+                        "train.keep_checkpoints", "train.log_every", "data.on_change",
                         "eval.", "logging.", "distributed.", "monitor.", "model.cache_dir")
 
 

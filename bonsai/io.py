@@ -6,6 +6,7 @@ crash) never sees half a file. Readers name the file and line of anything they c
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -52,3 +53,37 @@ def read_jsonl(path: Path, missing_ok: bool = False) -> list[dict]:
     if missing_ok and not Path(path).exists():
         return []
     return [obj for _, obj in iter_jsonl(path)]
+
+
+def write_manifest(directory: Path, name: str, **extra) -> None:
+    """`directory/name`, written last: every other file below `directory` and its size (what says the rest
+    is whole)."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != name}
+    write_json(directory / name, {**extra, "files": files})
+
+
+def check_manifest(directory: Path, name: str) -> str | None:
+    """What is wrong with a directory against its manifest (one line), or None if every file is there at
+    its size."""
+    try:
+        files = json.loads((Path(directory) / name).read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return f"{name} is missing (the save did not complete)"
+    except (ValueError, KeyError):
+        return f"{name} is unreadable"
+    for rel, size in files.items():
+        file = Path(directory) / rel
+        if not file.is_file():
+            return f"{rel} is missing"
+        if file.stat().st_size != size:
+            return f"{rel} is {file.stat().st_size:,} bytes, {size:,} were written (truncated or changed)"
+    return None
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether a failed write failed for lack of space (as the OS, safetensors or torch.save say it)."""
+    text = str(err)
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "os error 28" in text \
+        or "unexpected pos" in text  # torch.save's zip writer when a write comes up short

@@ -29,6 +29,11 @@ class RunDir:
         return self.root / ".lock"
 
     @property
+    def tokenizer(self) -> Path:
+        """The run's tokenizer, saved at its first start and loaded by every resume."""
+        return self.root / "tokenizer"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 

@@ -81,20 +81,35 @@ def test_wandb_offline_run_holds_metrics_events_and_config(planted_run):
 def _diverging(tmp_path, cache, name, monitor):
     cfg = base_config(tmp_path / name, cache)
     # A learning rate this large sends the weights to infinity after one update: real non-finite losses.
-    cfg["train"].update(lr=1e6, max_grad_norm=None, warmup_steps=0, max_steps=12)
-    cfg["monitor"] = {"enabled": monitor, "on_nonfinite": "skip"}
-    run_train(write_config(tmp_path / f"{name}.yaml", cfg))
-    weights = load_file(tmp_path / name / "model" / "model.safetensors")
-    return all(torch.isfinite(w).all() for w in weights.values()), json.loads((tmp_path / name / "summary.json").read_text())
+    cfg["train"].update(lr=1e6, max_grad_norm=None, warmup_steps=0, max_steps=12, checkpoint_every=1,
+                        keep_checkpoints=20)
+    # Divergence (a finite loss far above a uniform guess) would stop the run first: here the non-finite path.
+    cfg["monitor"] = {"enabled": monitor, "on_nonfinite": "skip", "divergence_ratio": 1e9}
+    return run_train(write_config(tmp_path / f"{name}.yaml", cfg), check=False)
 
 
-def test_skip_policy_keeps_non_finite_steps_out_of_the_weights(tmp_path, model_cache):
-    finite, summary = _diverging(tmp_path, model_cache, "guarded", monitor=True)
-    assert finite and summary["skipped_steps"] >= 10
+def _finite(weights_file: Path) -> bool:
+    return all(torch.isfinite(w).all() for w in load_file(weights_file).values())
+
+
+def test_skip_policy_keeps_non_finite_steps_out_of_the_weights_and_a_run_that_cannot_recover_stops(tmp_path,
+                                                                                                   model_cache):
+    proc = _diverging(tmp_path, model_cache, "guarded", monitor=True)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "5 updates skipped in a row (monitor.max_skipped_in_a_row" in proc.stderr
     events = [json.loads(line) for line in (tmp_path / "guarded" / "events.jsonl").read_text().splitlines()]
     assert {e["kind"] for e in events} == {"nonfinite"} and {e["action"] for e in events} == {"skip"}
-    finite, _ = _diverging(tmp_path, model_cache, "unguarded", monitor=False)
-    assert not finite  # the control: without the monitor the same run ends with NaN weights
+    # Nothing was saved from the condemned state: no checkpoint after the first non-finite step, no model.
+    first_bad = min(e["step"] for e in events)
+    saved = sorted((tmp_path / "guarded" / "checkpoints").glob("step_*"))
+    assert saved and all(int(p.name[5:]) < first_bad for p in saved), saved
+    assert all(_finite(p / "model.safetensors") for p in saved)
+    assert not (tmp_path / "guarded" / "model").exists()
+    summary = json.loads((tmp_path / "guarded" / "summary.json").read_text())
+    assert summary["healthy"] is False and "skipped in a row" in summary["health"]
+    control = _diverging(tmp_path, model_cache, "unguarded", monitor=False)
+    assert control.returncode == 0  # the control: without the monitor the same run ends with NaN weights
+    assert not _finite(tmp_path / "unguarded" / "model" / "model.safetensors")
 
 
 def test_rollback_resumes_from_checkpoint_past_the_bad_window_and_is_capped(tmp_path, model_cache):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bonsai.observe.metrics import read_metrics
-from conftest import ROOT, assert_each_record_once_per_epoch, base_config, losses, subprocess_env, write_config
+from conftest import (NOISE_TOL, ROOT, WINDOW, assert_each_record_once_per_epoch, assert_optimizer_stepped, base_config,
+                      losses, subprocess_env, weights, write_config)
 
 CLUSTER_SCRIPT = ROOT / "slurm" / "local_cluster.sh"
 STEPS = 60
@@ -154,10 +155,20 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, reference
     steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, STEPS + 1))
     assert losses(run_dir) == reference
+    assert_learned_after(run_dir, stopped[0]["checkpoint"])
     # W&B (offline here): the requeued run continued the same run id.
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs), offline_runs
+
+
+def assert_learned_after(run_dir: Path, checkpoint: str) -> None:
+    """Every update after the resume was applied (AdamW's own count in the final, one-process-written
+    checkpoint) and moved the weights away from the checkpoint the job stopped at."""
+    final = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+    assert_optimizer_stepped(final, STEPS)
+    before, after = weights(Path(checkpoint)), weights(final)
+    assert max((after[n] - before[n]).abs().max().item() for n in after) > 0
 
 
 def _pids_of(job_id: str, rank: int) -> list[int]:
@@ -192,7 +203,7 @@ def test_a_dead_task_fails_the_job_with_a_clear_line(slurm, tmp_path, model_cach
 
 
 @pytest.mark.parametrize("launch", [None, "launch/multi_node_zero3.yaml"])
-def test_preempted_on_two_nodes_resumes_on_one(slurm, tmp_path, model_cache, launch):
+def test_preempted_on_two_nodes_resumes_on_one(slurm, reference, tmp_path, model_cache, launch):
     """The cluster gives back fewer nodes than the job had: the job stops on 2 nodes (not requeued, as
     after its last allowed restart) and the same config, resubmitted on 1 node, finishes the run with
     every step once, every record once per epoch, and one W&B run. Under the shipped multi-node ZeRO-3
@@ -216,6 +227,13 @@ def test_preempted_on_two_nodes_resumes_on_one(slurm, tmp_path, model_cache, lau
     steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, STEPS + 1))
     assert_each_record_once_per_epoch(run_dir)
+    assert_learned_after(run_dir, stopped["checkpoint"])
+    # The outcome beside the bookkeeping: the 10 steps after the resume learn as the uninterrupted 2-process
+    # run (same global batch of 4) did. Four rows a step are noisier than the matrix's 12: twice its band.
+    after = losses(run_dir)
+    window = range(stopped["step"] + 1, stopped["step"] + WINDOW + 1)
+    gap = sum(after[s] - reference[s] for s in window) / WINDOW
+    assert abs(gap) < 2 * NOISE_TOL, (gap, [after[s] for s in window], [reference[s] for s in window])
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs), offline_runs

@@ -21,7 +21,8 @@ from bonsai.config import MonitorConfig
 from bonsai.io import write_text_atomic
 from bonsai.robust import step_noise
 
-ACTION_ORDER = {"warn": 0, "skip": 1, "rollback": 2}
+ACTION_ORDER = {"warn": 0, "skip": 1, "rollback": 2, "stop": 3}
+BAD_STATE = ("nonfinite", "divergence")  # events that say the weights themselves are broken, not the batch
 
 
 @dataclass
@@ -66,8 +67,11 @@ def slope(values) -> float:
 
 
 class SpikeDetector:
-    def __init__(self, cfg: MonitorConfig):
+    def __init__(self, cfg: MonitorConfig, vocab_size: int | None = None):
         self.cfg = cfg
+        # The loss of a uniform guess: a model above it (by divergence_ratio) predicts worse than knowing
+        # nothing, whatever it started from (a random init starts near it, a pretrained model far below).
+        self.uniform_loss = math.log(vocab_size) if vocab_size else None
         self.losses: deque[float] = deque(maxlen=cfg.window)
         self.grad_norms: deque[float] = deque(maxlen=cfg.window)
         self.trend: deque[float] = deque(maxlen=max(cfg.trend_window, 1))
@@ -91,6 +95,9 @@ class SpikeDetector:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             bad, value = ("loss", loss) if not math.isfinite(loss) else ("grad_norm", grad_norm)
             return [Event(step, "nonfinite", math.inf, bad, value, math.inf, cfg.on_nonfinite)]
+        if self.uniform_loss and loss > cfg.divergence_ratio * self.uniform_loss:
+            bound = cfg.divergence_ratio * self.uniform_loss
+            return [Event(step, "divergence", loss / bound, "loss_over_uniform_guess", loss, bound, cfg.on_divergence)]
         events = []
         armed = self.steps_seen > cfg.warmup_steps and len(self.losses) >= 8
         loss_z = robust_z(loss, self.losses) if armed else 0.0
@@ -126,6 +133,37 @@ class SpikeDetector:
             return []
         self.trend_flagged = True
         return [Event(step, "trend", 1.0, "loss_slope_per_step", per_step, 0.0, "warn")]
+
+
+@dataclass
+class RunHealth:
+    """Whether the weights are in a state the monitor trusts. A step's loss is computed on the weights the
+    step before left, so a non-finite or diverged loss at step s condemns those weights, and only a clean
+    step confirms the weights before it. No checkpoint is written from a condemned state."""
+
+    bad_since: int | None = None  # first step of the current run of non-finite or diverged losses
+    skipped_in_a_row: int = 0
+    last_clean: int = 0  # the newest step whose loss was clean: the weights before it are trusted
+
+    def update(self, step: int, events: list[Event], action: str | None) -> None:
+        if any(e.kind in BAD_STATE for e in events):
+            self.bad_since = self.bad_since or step
+        else:
+            self.bad_since, self.last_clean = None, step
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if action == "skip" else 0
+
+    def problem(self) -> str | None:
+        """Why the current weights must not be saved, or None."""
+        if self.bad_since is None:
+            return None
+        return f"the loss has been non-finite or diverged since step {self.bad_since}"
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bad_since, self.skipped_in_a_row, self.last_clean = (state["bad_since"], state["skipped_in_a_row"],
+                                                                 state["last_clean"])
 
 
 def strongest_action(events: list[Event]) -> str | None:

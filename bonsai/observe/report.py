@@ -190,7 +190,8 @@ def find_suspects(run_dir: Path) -> list[dict]:
     return [s for s in scored if s["why"]]
 
 
-def write_report(run_dir: Path) -> dict:
+def write_report(run_dir: Path, out: Path | None = None, live: str | None = None) -> dict:
+    """report.json and report.png into `out` (default: the run dir). `live`: who is still training in it."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it a Bonsai run directory?")
@@ -199,20 +200,27 @@ def write_report(run_dir: Path) -> dict:
     report = {
         "run_dir": str(run_dir),
         "steps": max((m["step"] for m in metrics), default=0),
+        "live": live,
         "events": [{k: e[k] for k in ("step", "kind", "value", "threshold", "action")} for e in events],
         "suspects": suspects[:TOP_N],
     }
-    write_json(RunDir(run_dir).report_json, report)
-    _plot(run_dir, metrics, events, suspects, RunDir(run_dir).report_png)
+    out = Path(out or run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RunDir(run_dir).report_json.name, report)
+    _plot(run_dir, metrics, events, suspects, out / RunDir(run_dir).report_png.name)
+    report["written"] = [str(out / RunDir(run_dir).report_png.name), str(out / RunDir(run_dir).report_json.name)]
     return report
 
 
 def summary_text(report: dict) -> str:
     lines = [f"{report['run_dir']}: {report['steps']} steps, {len(report['events'])} event(s)"]
+    if report.get("live"):
+        lines.append(f"the run is still training ({report['live']}): per-record statistics are those of its last "
+                     f"checkpoint{'' if report['suspects'] else ' (none written yet: no suspects to rank)'}")
     for e in report["events"][:10]:
         lines.append(f"  step {e['step']}: {e['kind']} ({e['value']} vs {e['threshold']}) -> {e['action']}")
     lines.append("suspect records (most suspect first):")
     for s in report["suspects"][:10]:
         lines.append(f"  {s['id']} [{s['category']}/{s['lang']}] score {s['score']:.1f}: {s['why']}")
-    lines.append(f"written: {Path(report['run_dir']) / 'report.png'}, {Path(report['run_dir']) / 'report.json'}")
+    lines.append(f"written: {', '.join(report['written'])}")
     return "\n".join(lines)

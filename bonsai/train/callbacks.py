@@ -24,7 +24,9 @@ from bonsai.io import write_text_atomic
 from bonsai import metric_keys as keys
 from bonsai.evaluate.generation import Probe, average_by_category, generate, generation_rows
 from bonsai.model.loss import breakdown_metrics, eval_loss_sums
-from bonsai.observe.monitor import Event, RecordLossTracker, SpikeDetector, batch_records, merged_record_stats
+from bonsai.errors import TrainingUnstable
+from bonsai.observe.monitor import (Event, RecordLossTracker, RunHealth, SpikeDetector, batch_records,
+                                     merged_record_stats)
 from bonsai.train.step import StepStats, micro_batches_of
 from bonsai.data.packing import Row
 from bonsai.data.stream import StreamPosition
@@ -74,6 +76,17 @@ class Callback:
     def on_fit_end(self, step: int) -> None:
         """After the last step, before the final checkpoint."""
 
+    def checkpoint_veto(self) -> str | None:
+        """Why the current state must not be saved (the monitor judged it bad), or None."""
+        return None
+
+    def trusted_before(self) -> int | None:
+        """The step before which this callback trusts the weights (None: it does not judge them)."""
+        return None
+
+    def on_rollback(self, step: int) -> None:
+        """The trainer went back to the checkpoint of `step`."""
+
     def summary(self) -> dict:
         return {}
 
@@ -96,8 +109,36 @@ class MonitorCallback(Callback):
     name = "monitor"
 
     def __init__(self, cfg: MonitorConfig):
+        self.cfg = cfg
         self.detector = SpikeDetector(cfg)
         self.tracker = RecordLossTracker()
+        self.health = RunHealth()
+
+    def setup(self, trainer: Trainer) -> None:
+        super().setup(trainer)
+        vocab = trainer.dist.accelerator.unwrap_model(trainer.model).config.vocab_size
+        self.detector = SpikeDetector(self.cfg, vocab)
+
+    def post_step(self, outcome: StepOutcome) -> None:
+        """Track the weights' health; a run whose updates keep being skipped is not recovering: stop it."""
+        self.health.update(outcome.step, outcome.events, outcome.action)
+        skipped = self.health.skipped_in_a_row
+        if skipped >= self.cfg.max_skipped_in_a_row:
+            kinds = sorted({e.kind for e in outcome.events})
+            raise TrainingUnstable(
+                f"steps {outcome.step - skipped + 1}-{outcome.step}: {skipped} updates skipped in a row "
+                f"(monitor.max_skipped_in_a_row; the last for {', '.join(kinds) or 'a spike'}): the run is not "
+                f"recovering. Last healthy checkpoint: {self.trainer.last_healthy_checkpoint() or 'none'}; "
+                f"train again with a lower train.lr or a longer warm-up (a new train.output_dir)")
+
+    def checkpoint_veto(self) -> str | None:
+        return self.health.problem()
+
+    def trusted_before(self) -> int | None:
+        return self.health.last_clean
+
+    def on_rollback(self, step: int) -> None:
+        self.health = RunHealth(last_clean=step + 1)  # the checkpoint's weights were confirmed by step + 1
 
     def judge(self, step: int, stats: StepStats, position: StreamPosition) -> list[Event]:
         dist = self.trainer.dist
@@ -114,11 +155,14 @@ class MonitorCallback(Callback):
         return events
 
     def state_dict(self) -> dict:
-        return {"detector": self.detector.state_dict(), "records": self.tracker.state_dict()}
+        return {"detector": self.detector.state_dict(), "records": self.tracker.state_dict(),
+                "health": self.health.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.detector.load_state_dict(state["detector"])
         self.tracker.load_state_dict(state["records"])
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
 
     def state_after_resize(self, states: list[dict | None], rank: int) -> dict | None:
         """The detector's history is global (rank 0's, on every rank); each old rank's record statistics
@@ -126,7 +170,7 @@ class MonitorCallback(Callback):
         if states[0] is None:
             return None
         records = merged_record_stats([s["records"] for s in states if s]) if rank == 0 else {}
-        return {"detector": states[0]["detector"], "records": records}
+        return {**states[0], "records": records}
 
     def on_checkpoint(self, directory: Path) -> None:
         t = self.trainer
@@ -358,6 +402,17 @@ class Callbacks:
 
     def summary(self) -> dict:
         return {k: v for cb in self.callbacks for k, v in cb.summary().items()}
+
+    def checkpoint_veto(self) -> str | None:
+        return next((why for cb in self.callbacks if (why := cb.checkpoint_veto())), None)
+
+    def trusted_before(self) -> int | None:
+        trusted = [t for cb in self.callbacks if (t := cb.trusted_before()) is not None]
+        return min(trusted, default=None)
+
+    def on_rollback(self, step: int) -> None:
+        for cb in self.callbacks:
+            cb.on_rollback(step)
 
     def find(self, name: str) -> Callback | None:
         return next((cb for cb in self.callbacks if cb.name == name), None)

@@ -10,7 +10,6 @@ one that verifies is used instead.
 
 from __future__ import annotations
 
-import errno
 import json
 import re
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 from bonsai.config import BonsaiConfig, save_resolved
 from bonsai.train.distributed import Dist
 from bonsai.errors import CheckpointWriteError
-from bonsai.io import write_json
+from bonsai.io import check_manifest, disk_full, write_json, write_manifest
 from bonsai.rundir import RunDir
 from bonsai.data.stream import StreamPosition
 
@@ -45,6 +44,8 @@ class TrainerState:
     finished: bool = False
     rollbacks: int = 0
     skipped_steps: int = 0
+    data_shards: dict[str, dict] = field(default_factory=dict)  # every shard's identity (bonsai.data.identity)
+    model_source: str = ""  # the checkpoint the run started from (tiny-phi: the directory built for it)
 
     def position_for(self, rank: int) -> StreamPosition:
         return StreamPosition.from_dict(self.data_positions[rank])
@@ -54,30 +55,22 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return RunDir(run_dir).checkpoints
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint directories, oldest first, verified or not; temporary (half-written) ones are not listed."""
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def verify_checkpoint(path: Path) -> str | None:
     """What is wrong with a checkpoint (one line), or None if every file is there at its size."""
-    try:
-        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except FileNotFoundError:
-        return f"{MANIFEST} is missing (the save did not complete)"
-    except (ValueError, KeyError):
-        return f"{MANIFEST} is unreadable"
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} is {file.stat().st_size:,} bytes, {size:,} were written (truncated or changed)"
-    return None
+    return check_manifest(path, MANIFEST)
 
 
 def find_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
@@ -109,35 +102,38 @@ def _previous_size(run_dir: Path) -> tuple[Path | None, int]:
     return latest, checkpoint_bytes(latest) if latest else 0
 
 
-def free_space_warning(run_dir: Path) -> str | None:
-    """Said before a save when the disk cannot hold another checkpoint the size of the last one."""
-    _, needed = _previous_size(run_dir)
+def free_space_warning(run_dir: Path, estimate: int = 0) -> str | None:
+    """Said before a save when the disk cannot hold another checkpoint the size of the last one (or, before
+    the first, of `estimate`)."""
+    needed = _previous_size(run_dir)[1] or estimate
     free = shutil.disk_usage(run_dir).free
     if needed and free < needed:
-        return (f"{checkpoints_dir(run_dir)}: {free / 2**20:,.0f} MiB free, the last checkpoint took "
+        return (f"{checkpoints_dir(run_dir)}: {free / 2**20:,.0f} MiB free, a checkpoint takes about "
                 f"{needed / 2**20:,.0f} MiB: the next save will likely fail (free space, or lower train.keep_checkpoints)")
     return None
 
 
-def _disk_full(err: BaseException) -> bool:
-    text = str(err)
-    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "os error 28" in text \
-        or "unexpected pos" in text  # torch.save's zip writer when a write comes up short
-
-
 def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
-                    write_rank_files: Callable[[Path], None] | None = None) -> Path:
+                    write_rank_files: Callable[[Path], None] | None = None, trusted_before: int | None = None,
+                    estimate: int = 0) -> Path:
     """Collective: every rank calls it. `write_rank_files(dir)` lets each rank add its own files before
     the checkpoint becomes visible. Returns the final directory. A full disk removes the partial save
-    and raises CheckpointWriteError naming the last complete checkpoint."""
+    and raises CheckpointWriteError naming the last complete checkpoint. Keeps the newest `keep`, and the
+    newest one from before step `trusted_before` (the last healthy one) whatever `keep` says. `estimate`:
+    the bytes the save will need when there is no earlier checkpoint to go by."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{state.step:08d}"
     tmp = root / f"{TMP_PREFIX}{final.name}"
     previous, needed = _previous_size(run_dir)
+    needed = needed or estimate
     try:
-        return _save(dist, run_dir, state, cfg, keep, write_rank_files, final, tmp)
-    except (OSError, RuntimeError) as err:
-        if not _disk_full(err):
+        saved = _save(dist, run_dir, state, cfg, write_rank_files, final, tmp)
+        if dist.is_main:
+            prune_checkpoints(run_dir, keep, trusted_before)
+        dist.barrier()
+        return saved
+    except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError
+        if not disk_full(err):
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # the partial save would keep the space
         free = shutil.disk_usage(run_dir).free
@@ -147,7 +143,19 @@ def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiC
             f"{previous or 'none'}") from err
 
 
-def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
+def prune_checkpoints(run_dir: Path, keep: int, trusted_before: int | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints, never the newest one from before `trusted_before`: a
+    checkpoint is only known healthy once a clean step has run on its weights, and rotation must not
+    leave nothing healthy to go back to."""
+    found = list_checkpoints(run_dir)
+    trusted = [c for c in found if trusted_before is None or checkpoint_step(c) < trusted_before]
+    protected = {trusted[-1]} if trusted else set()
+    for old in found[:-keep]:
+        if old not in protected:
+            shutil.rmtree(old)
+
+
+def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig,
           write_rank_files: Callable[[Path], None] | None, final: Path, tmp: Path) -> Path:
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
@@ -160,13 +168,10 @@ def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, kee
     if dist.is_main:
         write_json(tmp / STATE_FILE, asdict(state))
         save_resolved(cfg, tmp / "config.yaml")
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        write_json(tmp / MANIFEST, {"step": state.step, "files": files})  # last: it says the rest is whole
+        write_manifest(tmp, MANIFEST, step=state.step)  # last: it says the rest is whole
         if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old)
     dist.barrier()
     return final
 

@@ -111,3 +111,13 @@ def _describe(holder: dict) -> str:
     job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{job} (since {since})"
+
+
+def live_holder(run_dir: Path) -> str | None:
+    """Who is training in `run_dir` now (as `bonsai report` says it), or None when no live run holds it."""
+    path = RunDir(run_dir).lock
+    if not path.exists():
+        return None
+    probe = RunLock(run_dir)
+    holder = probe._read()
+    return None if probe._gone(holder) else _describe(holder)

@@ -23,18 +23,24 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from bonsai.train.callbacks import (Callback, Callbacks, DataLogCallback, EvalCallback, MemoryCallback, MonitorCallback,
                                     ProbeCallback, StepOutcome, ThroughputCallback)
-from bonsai.train.checkpoint import (TrainerState, find_checkpoint, latest_checkpoint, load_checkpoint,
-                                     free_space_warning, read_trainer_state, save_checkpoint)
+from bonsai.train.checkpoint import (TrainerState, checkpoint_step, find_checkpoint, latest_checkpoint,
+                                     list_checkpoints, load_checkpoint, free_space_warning, read_trainer_state,
+                                     save_checkpoint, verify_checkpoint)
 from bonsai.train.lock import RunLock
-from bonsai.config import BonsaiConfig, ConfigError, config_changes, redact, save_resolved
+from bonsai.train.final_model import model_problem, publish_model
+from bonsai.train.data_changes import changes_since, start_new_epoch
+from bonsai.data.identity import shard_identities
+from bonsai.config import TINY_PHI, BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
 from bonsai.train.deepspeed import fill_deepspeed_config
 from bonsai.train.distributed import (SETUP_MMAP_THRESHOLD, TRAINING_MMAP_THRESHOLD, Dist, is_peer_failure,
                                       launcher_world_size, set_cpu_threads, set_malloc_mmap_threshold, setup_distributed)
-from bonsai.errors import CheckpointMismatch, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable, report_now
+from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable,
+                           UpdateNotApplied, report_now)
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.attention import describe_attention
+from bonsai.observe.throughput import training_state_bytes
 from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, resolve_save_dtype,
                                   save_final_model)
 from bonsai.model.source import resolve_checkpoint
@@ -49,7 +55,7 @@ from bonsai.data.template import use_template
 from bonsai.train.model_card import write_model_cards
 from bonsai.version import package_version
 from bonsai import metric_keys as keys
-from bonsai.data.stream import StreamPosition, no_records_error
+from bonsai.data.stream import StreamPosition, list_shards, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
 from bonsai.data.scan_cache import ScanCache, ScanReport, combine_reports, settings_fingerprint
 from bonsai.train.optimizer import build_optimizer
@@ -85,7 +91,7 @@ def train(cfg: BonsaiConfig) -> int:
     threads = set_cpu_threads(cfg.distributed.threads_per_process)
     set_malloc_mmap_threshold(SETUP_MMAP_THRESHOLD)  # before the model is built: freed weights go back
     dist = setup_distributed(cfg, accumulation)
-    trainer = Trainer(cfg, dist, accumulation)
+    trainer = Trainer(cfg, dist, accumulation, started)
     trainer.say(threads)
     try:
         code = trainer.setup()
@@ -95,6 +101,8 @@ def train(cfg: BonsaiConfig) -> int:
         if code is None:
             code = trainer.finish(started)
     except Exception as err:
+        if isinstance(err, (TrainingUnstable, UpdateNotApplied)):
+            trainer.record_failure(err)
         explained = trainer.explain_failure(err)
         if explained is err:
             raise
@@ -112,8 +120,8 @@ def train(cfg: BonsaiConfig) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: BonsaiConfig, dist: Dist, accumulation: int):
-        self.cfg, self.dist, self.accumulation = cfg, dist, accumulation
+    def __init__(self, cfg: BonsaiConfig, dist: Dist, accumulation: int, started: float = 0.0):
+        self.cfg, self.dist, self.accumulation, self.started = cfg, dist, accumulation, started
         self.run = RunDir(cfg.train.output_dir)
         self.run_dir = self.run.root
         self.say = dist.accelerator.print
@@ -131,9 +139,14 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         self._take_run_dir()
         with dist.accelerator.main_process_first():
-            self.model_source = resolve_checkpoint(cfg)
-        self.tokenizer = load_tokenizer(self.model_source, cfg.model)
+            self.model_source = self.saved.model_source if self._keeps_source() else resolve_checkpoint(cfg)
+        # The tokenizer belongs to the run: a tiny model's is trained on the data, and must never be rebuilt
+        # from changed data under the checkpoint's weights.
+        kept = self.resume_from is not None and self.run.tokenizer.is_dir()
+        self.tokenizer = load_tokenizer(str(self.run.tokenizer) if kept else self.model_source, cfg.model)
         use_template(self.tokenizer, cfg.model.template)  # saved with the model as its chat template
+        if dist.is_main and not kept:
+            self.tokenizer.save_pretrained(self.run.tokenizer)
         self.data = RankData(cfg.data, self.tokenizer, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
         counts = self.data_counts = scan_data(dist, self.data, cfg, self.run)
         self.say(f"data: {counts['train_records']} train and {counts['eval_records']} eval records in "
@@ -151,6 +164,10 @@ class Trainer:
         if self.resume_from is not None:
             self._load(self.resume_from)
             self.say(f"resumed from {self.resume_from} at step {self.state.step}")
+            if self.data_changes:
+                self.state, said = start_new_epoch(self.state, self.data_changes)
+                self.say(said)
+        self.state.data_shards, self.state.model_source = self.shard_ids, self.model_source
         if self.resized_from is not None:
             self.state, said = merge_positions(self.state, dist.world_size, counts["items"])
             self.say(said)
@@ -159,9 +176,7 @@ class Trainer:
         if self.state.finished and self.state.step < cfg.train.max_steps:
             self.state.finished = False  # train.max_steps was raised: go on from the final checkpoint
         if self.state.finished:
-            self.say(f"{self.run_dir} already finished {self.state.step} steps; nothing to do "
-                     f"(use a new output_dir to train again)")
-            return 0
+            return self._finished_already(self.started)
         if dist.is_main:
             save_resolved(cfg, self.run.config)  # what runs now; each stretch's own is kept beside it
             save_resolved(cfg, self.run.segment_config(self.state.step))
@@ -186,15 +201,36 @@ class Trainer:
         if refusal:
             raise {"RunDirLocked": RunDirLocked, "ConfigError": ConfigError}[refusal[0]](refusal[1])
         self.resume_from = self._verified_checkpoint()
-        self.resized_from = None
+        self.resized_from, self.saved, self.data_changes = None, None, []
         if self.resume_from is not None:
+            self.saved = read_trainer_state(self.resume_from)
             self._check_config_changes(self.resume_from)
             self._check_layout(self.resume_from)
+        self._check_data()
+
+    def _check_data(self) -> None:
+        """Rank 0 reads every shard's identity (recorded in each checkpoint) and, on a resume, what changed
+        since the checkpoint; a refusal reaches every rank."""
+        found = None
+        if self.dist.is_main:
+            try:
+                changes = changes_since(self.saved, self.resume_from.name, self.cfg) if self.saved else []
+                found = (shard_identities(list_shards(self.cfg.data.path)), changes, None)
+            except DataError as err:
+                found = ({}, [], str(err))
+        self.shard_ids, self.data_changes, refusal = self.dist.gather_objects(found)[0]
+        if refusal:
+            raise DataError(refusal)
+
+    def _keeps_source(self) -> bool:
+        """A resumed tiny-phi run loads the model it started from, not one built from today's data."""
+        return (self.saved is not None and self.cfg.model.name_or_path == TINY_PHI and bool(self.saved.model_source)
+                and (Path(self.saved.model_source) / "config.json").exists())
 
     def _check_layout(self, checkpoint: Path) -> None:
         """Whether this many processes, under this strategy, can resume `checkpoint`, and the accumulation
         that keeps its global batch."""
-        dist, saved = self.dist, read_trainer_state(checkpoint)
+        dist, saved = self.dist, self.saved
         accumulation, said = resume_accumulation(saved, checkpoint, self.cfg, dist.world_size, self.accumulation)
         if said:
             self.say(said)
@@ -293,6 +329,8 @@ class Trainer:
                 return self._stop(stop_reason)
             events = self.callbacks.judge(self.state.step + 1, stats, taken[-1].resume)
             action = self._action(events)
+            if action == "stop":
+                raise self._diverged(events)
             self.rows.advance(taken)
             if action == "rollback":
                 self._rollback(events)
@@ -306,13 +344,36 @@ class Trainer:
             self.callbacks.post_step(outcome)
             every = cfg.train.checkpoint_every
             if every and self.state.step % every == 0 and self.state.step < cfg.train.max_steps:
-                self.checkpoint()
+                self._periodic_checkpoint()
         return None
+
+    def _periodic_checkpoint(self) -> None:
+        veto = self.callbacks.checkpoint_veto()
+        if veto:
+            self.say(f"checkpoint step {self.state.step} not written: {veto} (the last healthy one is "
+                     f"{self.last_healthy_checkpoint() or 'none'})")
+            return
+        self.checkpoint()
+
+    def last_healthy_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint whose weights a clean step confirmed (with the monitor off: the
+        newest complete one)."""
+        trusted = self.callbacks.trusted_before()
+        found = [c for c in list_checkpoints(self.run_dir) if trusted is None or checkpoint_step(c) < trusted]
+        return next((c for c in reversed(found) if verify_checkpoint(c) is None), None)
+
+    def _diverged(self, events: list[Event]) -> TrainingUnstable:
+        event = next(e for e in events if e.action == "stop")
+        return TrainingUnstable(
+            f"step {self.state.step + 1}: the loss {event.value:.4g} is above {event.threshold:.4g} "
+            f"(monitor.divergence_ratio x the loss of a uniform guess): training diverged. Last healthy "
+            f"checkpoint: {self.last_healthy_checkpoint() or 'none'}. Train again with a lower train.lr or a longer "
+            f"warm-up (a new train.output_dir), or set monitor.on_divergence=rollback to go back and skip the data")
 
     def _action(self, events: list[Event]) -> str | None:
         """The strongest action the events ask for, and what it becomes where it cannot be done."""
         action = strongest_action(events)
-        if action == "rollback" and latest_checkpoint(self.run_dir) is None:
+        if action == "rollback" and self.last_healthy_checkpoint() is None:
             if self.dist.is_deepspeed:  # the engine already applied the update; nothing to go back to
                 raise TrainingUnstable(f"step {self.state.step + 1}: {events[0].kind} before the first checkpoint; "
                                        f"nothing to roll back to under DeepSpeed")
@@ -364,11 +425,12 @@ class Trainer:
                 f"step {state.step + 1}: {events[0].kind} after {state.rollbacks} rollback(s) "
                 f"(monitor.max_rollbacks); see {self.run.events} for the records involved")
         apply_update(self.optimizer, self.scheduler, skip=True)
-        target = latest_checkpoint(self.run_dir)
+        target = self.last_healthy_checkpoint()
         rollbacks = state.rollbacks + 1
         # The callbacks keep what they learned (the detector keeps the spike out of its baseline).
         self.state = self._load_state(target)
         self.state.rollbacks = rollbacks
+        self.callbacks.on_rollback(self.state.step)
         self.guard.forget(self.state.step)  # under DeepSpeed the engine stepped inside backward: gone now
         # The data goes on from here, under this world's layout (the target may predate a resize).
         self.state.world_size, self.state.data_layouts = state.world_size, state.data_layouts
@@ -380,7 +442,10 @@ class Trainer:
     def _stop(self, reason: str | None) -> int:
         """Every rank agreed to stop: checkpoint, say who asked and why, and exit."""
         dist = self.dist
-        saved = self.checkpoint()
+        veto = self.callbacks.checkpoint_veto()
+        saved = self.last_healthy_checkpoint() if veto else self.checkpoint()
+        if veto:
+            self.say(f"not checkpointed: {veto}; a resume starts from {saved or 'the beginning'}")
         asked = [f"rank {r}: {why}" for r, why in enumerate(dist.gather_objects(reason)) if why]
         if dist.is_main:
             write_stopped(self.run_dir, self.state.step, saved, "; ".join(asked))
@@ -401,7 +466,8 @@ class Trainer:
         state.global_batch = self.cfg.train.micro_batch_size * self.accumulation * dist.world_size
         state.zero_stage, state.offload = dist.zero_stage, dist.offload
 
-        if dist.is_main and (warning := free_space_warning(self.run_dir)):
+        estimate = self._checkpoint_estimate()
+        if dist.is_main and (warning := free_space_warning(self.run_dir, estimate)):
             self.say(f"warning: {warning}")
 
         def write_rank_files(directory: Path) -> None:
@@ -409,37 +475,85 @@ class Trainer:
             write_json(directory / CALLBACK_STATE.format(rank=dist.rank), self.callbacks.state_dict())
 
         saved = save_checkpoint(dist, self.run_dir, self.state, self.cfg, self.cfg.train.keep_checkpoints,
-                                write_rank_files)
+                                write_rank_files, trusted_before=self.callbacks.trusted_before(), estimate=estimate)
         seconds = time.perf_counter() - begun
         self.stop.note_checkpoint(seconds)
         # The SLURM grace period must cover one step plus one checkpoint: say what a checkpoint costs.
         self.say(f"checkpoint {saved.name} written in {seconds:.1f} s")
         return saved
 
+    def _checkpoint_estimate(self) -> int:
+        """What a checkpoint takes, for the free-space checks before the first one exists: the weights and
+        the optimizer's state (with ZeRO's fp32 master partitions) over every rank that writes them. A
+        collective under DeepSpeed."""
+        local = training_state_bytes(self.model, self.optimizer, self.dist.zero_stage, self.dist.world_size)
+        per_rank = local["memory/params_bytes"] + local["memory/optimizer_bytes"] + local["memory/master_weights_bytes"]
+        if not self.dist.is_deepspeed:  # one copy, written by rank 0
+            return int(per_rank)
+        return int(self.dist.sum(torch.tensor([per_rank], dtype=torch.float64, device=self.dist.device)).item())
+
     # --- the end ----------------------------------------------------------------------------------
 
     def finish(self, started: float) -> int:
         """Final eval and probes, the final checkpoint, the model and summary.json."""
+        veto = self.callbacks.checkpoint_veto()
+        if veto:
+            raise TrainingUnstable(f"the run reached step {self.state.step} with {veto}: no final checkpoint or "
+                                   f"model written. Last healthy checkpoint: {self.last_healthy_checkpoint() or 'none'}")
+        self.callbacks.on_fit_end(self.state.step)
+        self.state.finished = True
+        final = self.checkpoint()
+        return self._write_model(started, final)
+
+    def _model_dirs(self) -> list[Path]:
+        model = self.cfg.model
+        merged = model.finetune == "lora" and model.merge_lora_on_save
+        return [self.run.model] + ([self.run.model.with_name(f"{self.run.model.name}-merged")] if merged else [])
+
+    def _write_model(self, started: float, final: Path | None) -> int:
+        """The model dirs from the weights in memory (a collective under ZeRO-3), then summary.json."""
         dist, state = self.dist, self.state
-        self.callbacks.on_fit_end(state.step)
-        state.finished = True
-        self.checkpoint()
-        model_dir = self.run.model
         unwrapped = dist.accelerator.unwrap_model(self.model)
         state_dict = final_state_dict(dist, self.model, self.cfg.model.finetune)  # a collective under ZeRO-3
         save_dtype = resolve_save_dtype(self.cfg.train.save_dtype, dist.accelerator.mixed_precision)
-        written = save_final_model(unwrapped, self.tokenizer, self.cfg.model, model_dir, state_dict,
-                                   self.model_source, save_dtype) if dist.is_main else []
-        dist.barrier()
         summary = {"steps": state.step, "wall_time_s": round(time.perf_counter() - started, 2),
                    **self.callbacks.summary(), "tokens_seen": state.tokens_seen,
-                   "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks,
-                   "model_dirs": [str(p) for p in written]}
-        if dist.is_main:
-            write_json(self.run.summary, summary)
+                   "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks, "healthy": True,
+                   "health": describe_health(state), "model_dirs": [str(p) for p in self._model_dirs()]}
+
+        def write(tmp: Path) -> list[Path]:
+            written = save_final_model(unwrapped, self.tokenizer, self.cfg.model, tmp, state_dict,
+                                       self.model_source, save_dtype)
             write_model_cards(written, self.cfg, self._card_facts(summary, save_dtype))
+            return written
+
+        failure = None
+        if dist.is_main:
+            estimate = sum(t.numel() * (save_dtype.itemsize if t.is_floating_point() else t.element_size())
+                           for t in state_dict.values())
+            try:
+                publish_model(self.run.model, write, estimate, final)
+                write_json(self.run.summary, summary)
+            except CheckpointWriteError as err:
+                failure = str(err)
+        failure = dist.gather_objects(failure)[0]
+        if failure:
+            raise CheckpointWriteError(failure)
         self.say("done: " + json.dumps(summary))
         return 0
+
+    def _finished_already(self, started: float) -> int:
+        """A rerun of a finished run: nothing to do, unless model/ was never written whole (a full disk, a
+        crash in the final save); then it is written again from the final checkpoint just loaded."""
+        problem = model_problem(self._model_dirs()) if self.dist.is_main else None
+        problem = self.dist.gather_objects(problem)[0]
+        if problem is None:
+            self.say(f"{self.run_dir} already finished {self.state.step} steps; nothing to do "
+                     f"(use a new output_dir to train again)")
+            return 0
+        self.say(f"{self.run_dir} finished {self.state.step} steps but its model is not whole ({problem}): "
+                 f"writing it again from {self.resume_from.name}")
+        return self._write_model(started, self.resume_from)
 
     def _card_facts(self, summary: dict, save_dtype: torch.dtype) -> dict:
         eval_cb, mixed = self.callbacks.find("eval"), self.dist.accelerator.mixed_precision
@@ -447,6 +561,13 @@ class Trainer:
                 "zero_stage": self.dist.zero_stage, "precision": "fp32" if mixed == "no" else mixed,
                 "save_dtype": str(save_dtype).removeprefix("torch."),
                 "counts": self.data_counts, "summary": summary, "eval": eval_cb.last if eval_cb else {}}
+
+    def record_failure(self, err: Exception) -> None:
+        """summary.json of a run that went wrong says so (a finished run's says healthy)."""
+        if self.dist.is_main:
+            write_json(self.run.summary, {"steps": self.state.step, "healthy": False, "health": str(err),
+                                          "skipped_steps": self.state.skipped_steps, "rollbacks": self.state.rollbacks,
+                                          "last_healthy_checkpoint": str(self.last_healthy_checkpoint() or "")})
 
     def explain_failure(self, err: Exception) -> Exception:
         """A failed collective names the step, the likely cause and the checkpoint to resume from."""
@@ -472,6 +593,14 @@ class Trainer:
 
 
 # --- building blocks ------------------------------------------------------------------------------
+
+def describe_health(state: TrainerState) -> str:
+    """What the summary says of a run that ended healthy: whether it needed the monitor to get there."""
+    if not (state.skipped_steps or state.rollbacks):
+        return "healthy: every update applied"
+    return (f"healthy at the end: {state.skipped_steps} update(s) skipped and {state.rollbacks} rollback(s) "
+            f"on the way (events.jsonl)")
+
 
 def build_callbacks(cfg: BonsaiConfig, deepspeed: bool) -> list[Callback]:
     callbacks: list[Callback] = [ThroughputCallback(), MemoryCallback(), DataLogCallback()]
