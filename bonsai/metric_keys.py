@@ -24,8 +24,3 @@ GENERATION = "eval/generation"  # generation metrics of `bonsai eval` on held-ou
 
 CATEGORY = "_by_category/"
 LANGUAGE = "_by_language/"
-
-
-def by_category(metric: str, category: str) -> str:
-    return f"{metric}{CATEGORY}{category}"
-
