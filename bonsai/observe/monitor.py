@@ -145,6 +145,7 @@ class RecordStats:
     loss_sq_sum: float = 0.0  # of the same per-appearance losses, for their spread
     eos_seen: int = 0  # appearances whose end-of-sequence token was scored
     eos_loss_sum: float = 0.0  # loss on the EOS token: high where the answer stops where answers do not
+    tokens: int = 0  # response tokens of the record (EOS included), for its bits per byte
 
     @property
     def mean_loss(self) -> float:
@@ -178,6 +179,7 @@ class RecordLossTracker:
             s.loss_sum += loss
             s.loss_sq_sum += loss * loss
             s.last_loss = loss
+            s.tokens = int(count)
             s.ema_loss = loss if s.ema_loss is None else self.EMA * s.ema_loss + (1 - self.EMA) * loss
             if eos_losses is not None:
                 s.eos_seen += 1

@@ -1,29 +1,36 @@
 """`bonsai report RUN_DIR`: the loss curve with its events, per-category curves, and the records most
 likely behind the trouble, each with the evidence against it.
 
-A record's suspicion score adds up independent evidence:
-- `loss_z`: its recent per-token loss against the other records of its category (robust z: median
-  and MAD), since a record the model cannot learn while its peers are learned is noise or a mistake;
-- `spike_batches`: how many instability events caught it among the top third of its batch by loss;
-- `contradicts`: records with the same instruction and input but another answer;
-- `script_says`: the language its output is written in, where that differs from its `lang` label;
-- `odd_text`: an answer that is mostly symbols and digits, or loops (no model needed).
+A record's suspicion score adds up independent evidence, each piece named in its `why`:
+- from the data alone (`FLAG_WEIGHT` each, strong on its own): `contradicts` (records with the same
+  instruction and input but another answer, where the rest of the data does not side with it), `script_says`
+  (the language its output is written in, where that differs from its `lang` label), `odd_text` (mostly
+  symbols and digits, or a loop), `echo` (the answer repeats its instruction or input), `numbers` (a
+  translation whose output states other numbers than its input);
+- from training, over the whole run and against the records of its category (robust z: median and MAD):
+  `loss_z`, its mean loss per byte of answer (a record the model cannot learn while its peers are learned
+  is noise or a mistake; per byte, as per token is not comparable across ja, en and zh), and `eos_z`, the
+  loss on its end-of-sequence token (an answer cut off where no answer ends); `spike_batches`, instability
+  events that caught it among the top third of their batch by loss;
+- support: `corroborated_by`, other records that state a sentence of its answer (a QA answer a translation
+  record translates, a fact two questions share) halve what training says against it.
 Where the rest of the data takes a side in a contradiction (more records give one answer; one of two
-translations of a text is linked to it by other translation records; one side's answer is another question's), only the
-other side counts as contradicting.
+translations of a text is linked to it by other translation records; one side's answer is another
+question's), only the other side counts as contradicting.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
-from bonsai.data.checks import (borrowed_answers, find_contradictions, find_language_mismatches, outvoted,
-                                 translation_support, ungrounded)
-from bonsai.data.textmetrics import text_oddity
+from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
+                                 outvoted, translation_number_mismatches, translation_support, ungrounded)
+from bonsai.data.textmetrics import echo_of, text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
 from bonsai.rundir import RunDir
@@ -34,13 +41,18 @@ from bonsai.data.records import Record
 
 SPIKE_WEIGHT = 2.0  # one spike batch counts as much as 2 sigma of excess loss
 FLAG_WEIGHT = 5.0  # a contradiction, a wrong language label or broken text is strong evidence on its own
-# The training signal orders records but never outweighs a flag from the data: late in a run most records
+# The training signals order records but never outweigh a flag from the data: late in a run most records
 # are memorised, the MAD of a category's loss is tiny and a merely hard record reaches z 10+ (on planted
 # sets, uncapped loss put clean records above every plant). Together they stay below FLAG_WEIGHT.
 LOSS_Z_CAP = 2.5
+EOS_Z_CAP = 2.5
 SPIKE_CAP = 1
+SUPPORTED = 0.5  # what training says against a record the data corroborates counts this much
 TOP_N = 20
 LOSS_Z_REASON = 3.0  # excess loss is named as a reason (and makes a suspect) above this robust z
+EOS_Z_REASON = 3.0
+# The evidence score_records weighs; bench/suspects.py --ablate leaves each out in turn to measure it.
+SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "loss", "eos", "spikes", "support")
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -57,11 +69,18 @@ def read_record_stats(run_dir: Path) -> dict[str, dict]:
 
 
 def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
-    """The contradicting records the rest of the data rejects, with why: their answer is outvoted, their
-    translation is the one other translation records do not link to its source, their answer is not in
-    the input that grounds the other side's, or their answer is another question's. Only these (or,
-    where the data takes no side, both sides) are suspects."""
+    """The contradicting records the rest of the data rejects, with why: their answer is outvoted, the
+    other side's answer is restated by a translation record, their translation is the one other
+    translation records do not link to its source, their answer is not in the input that grounds the
+    other side's, or their answer is another question's. Only these (or, where the data takes no side,
+    both sides) are suspects."""
     rejected = {i: "outvoted" for i in outvoted(records)}
+    # A side a translation record restates (the fact in another language) is the side the data takes.
+    translation = {r.id for r in records if r.category == "translation"}
+    restated = {i: t[0] for i, by in corroborations(records).items() if (t := [o for o in by if o in translation])}
+    for i, others in contradictions.items():
+        if i not in restated and (backer := next((o for o in others if o in restated), None)):
+            rejected.setdefault(i, f"{restated[backer]} translates {backer}'s answer")
     linked = translation_support(records)
     for i, others in contradictions.items():
         if i not in linked and any(o in linked for o in others):
@@ -77,52 +96,93 @@ def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) 
     return rejected
 
 
-def score_records(records: list[Record], stats: dict[str, dict], events: list[dict]) -> list[dict]:
-    by_category: dict[str, list[float]] = defaultdict(list)
-    for s in stats.values():
-        if s.get("ema_loss") is not None:
-            by_category[s["category"]].append(s["ema_loss"])
-    robust = by_group(by_category, floor=1e-6)
-    center = {c: m for c, (m, _) in robust.items()}
-    spread = {c: s for c, (_, s) in robust.items()}
+def _training_z(records: list[Record], stats: dict[str, dict]) -> tuple[dict[str, float], dict[str, float], dict]:
+    """Per record, the robust z of its mean loss per answer byte over the run and of its mean EOS-token
+    loss, each against the records of its category; and the category medians (for the reasons)."""
+    per_byte, eos = {}, {}
+    for r in records:
+        s = stats.get(r.id)
+        if not s or not s["seen"]:
+            continue
+        mean = s["loss_sum"] / s["seen"]  # per token; per byte needs the record's token count
+        tokens = s.get("tokens") or 0
+        per_byte[r.id] = mean * tokens / (math.log(2) * max(1, len(r.output.encode("utf-8")))) if tokens else mean
+        if s.get("eos_seen"):
+            eos[r.id] = s["eos_loss_sum"] / s["eos_seen"]
+    category = {r.id: r.category for r in records}
+
+    def z(values: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for rid, v in values.items():
+            groups[category[rid]].append(v)
+        robust = by_group(groups, floor=1e-6)
+        return {rid: (v - robust[category[rid]][0]) / robust[category[rid]][1] for rid, v in values.items()}, \
+            {c: m for c, (m, _) in robust.items()}
+
+    loss_z, loss_center = z(per_byte)
+    eos_z, eos_center = z(eos)
+    return loss_z, eos_z, {"per_byte": per_byte, "eos": eos, "loss_center": loss_center, "eos_center": eos_center}
+
+
+def score_records(records: list[Record], stats: dict[str, dict], events: list[dict],
+                  signals: tuple[str, ...] = SIGNALS) -> list[dict]:
+    """Every record with its score and the reasons behind it, most suspect first."""
+    use = set(signals)
+    loss_z, eos_z, seen = _training_z(records, stats)
     spikes: dict[str, int] = defaultdict(int)
     for event in events:
         rows = event.get("records", [])
         for row in rows[: max(1, len(rows) // 3)]:
             spikes[row["id"]] += 1
-    contradictions = find_contradictions(records)
+    contradictions = find_contradictions(records) if "contradiction" in use else {}
     rejected = rejected_sides(records, contradictions)
     backed = {i for i in contradictions if i not in rejected and any(o in rejected for o in contradictions[i])}
-    mismatches = find_language_mismatches(records)
-    oddities = {r.id: why for r in records if (why := text_oddity(r.output))}
+    mismatches = find_language_mismatches(records) if "language" in use else {}
+    oddities = {r.id: why for r in records if (why := text_oddity(r.output))} if "odd_text" in use else {}
+    echoes = {r.id: f for r in records if (f := echo_of(r.output, r.instruction, r.input))} if "echo" in use else {}
+    numbers = translation_number_mismatches(records) if "numbers" in use else {}
+    support = corroborations(records) if "support" in use else {}
     table = []
     for r in records:
         s = stats.get(r.id)
-        loss = s["ema_loss"] if s and s.get("ema_loss") is not None else None
-        loss_z = (loss - center[r.category]) / spread[r.category] if loss is not None else 0.0
-        score = min(max(loss_z, 0.0), LOSS_Z_CAP) + SPIKE_WEIGHT * min(spikes[r.id], SPIKE_CAP)
+        lz = loss_z.get(r.id, 0.0) if "loss" in use else 0.0
+        ez = eos_z.get(r.id, 0.0) if "eos" in use else 0.0
+        spiked = spikes[r.id] if "spikes" in use else 0
+        trained = min(max(lz, 0.0), LOSS_Z_CAP) + min(max(ez, 0.0), EOS_Z_CAP) + SPIKE_WEIGHT * min(spiked, SPIKE_CAP)
+        score = trained * (SUPPORTED if r.id in support else 1.0)
         contradicted = r.id in contradictions and r.id not in backed
         # A contradiction the data takes no side in is wrong on one of its two sides: half the weight.
         side = 1.0 if r.id in rejected else 0.5
-        score += FLAG_WEIGHT * (side * contradicted + (r.id in mismatches) + (r.id in oddities))
+        flags = side * contradicted + (r.id in mismatches) + (r.id in oddities) + (r.id in echoes) + (r.id in numbers)
+        score += FLAG_WEIGHT * flags
         why = []
-        if loss_z > LOSS_Z_REASON:
-            why.append(f"loss {loss:.2f} vs {r.category} median {center[r.category]:.2f} (z {loss_z:.1f})")
-        if spikes[r.id]:
-            why.append(f"in {spikes[r.id]} spike batch(es)")
+        if lz > LOSS_Z_REASON:
+            why.append(f"loss {seen['per_byte'][r.id]:.2f} bits/byte over the run vs {r.category} median "
+                       f"{seen['loss_center'][r.category]:.2f} (z {lz:.1f})")
+        if ez > EOS_Z_REASON:
+            why.append(f"its end of sequence surprises the model: EOS loss {seen['eos'][r.id]:.2f} vs {r.category} "
+                       f"median {seen['eos_center'][r.category]:.2f} (z {ez:.1f})")
+        if spiked:
+            why.append(f"in {spiked} spike batch(es)")
         if contradicted:
             verdict = f" ({rejected[r.id]})" if r.id in rejected else ""
             why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer{verdict}")
         if r.id in oddities:
             why.append(oddities[r.id])
+        if r.id in echoes:
+            why.append(f"the answer repeats its {echoes[r.id]}")
+        if r.id in numbers:
+            why.append(numbers[r.id])
         if r.id in mismatches:
             why.append(f"labelled {r.lang} but written in {mismatches[r.id]}")
         table.append({
             "id": r.id, "category": r.category, "lang": r.lang, "score": round(score, 3),
-            "loss": loss, "category_median_loss": center.get(r.category), "loss_z": round(loss_z, 3),
+            "loss": seen["per_byte"].get(r.id), "category_median_loss": seen["loss_center"].get(r.category),
+            "loss_z": round(lz, 3), "eos_loss": seen["eos"].get(r.id), "eos_z": round(ez, 3),
             "seen": s["seen"] if s else 0, "spike_batches": spikes[r.id],
             "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id),
-            "odd_text": oddities.get(r.id), "why": "; ".join(why),
+            "odd_text": oddities.get(r.id), "echo": echoes.get(r.id), "numbers": numbers.get(r.id),
+            "corroborated_by": support.get(r.id, [])[:5], "why": "; ".join(why),
         })
     table.sort(key=lambda row: (row["score"], row["loss_z"]), reverse=True)  # z orders what the caps tie
     return table
@@ -184,12 +244,12 @@ def _plot(run_dir: Path, metrics: list[dict], events: list[dict], suspects: list
     plt.close(fig)
 
 
-def find_suspects(run_dir: Path) -> list[dict]:
+def find_suspects(run_dir: Path, signals: tuple[str, ...] = SIGNALS) -> list[dict]:
     """Every record of the run's data with a stated reason, most suspect first; the score only orders them."""
     cfg = load_config(Path(run_dir) / "config.yaml")
     excluded = read_exclusions(cfg.data.exclude) if cfg.data.exclude else frozenset()
     records = [r for r in read_valid_records(cfg.data.path) if r.id not in excluded]  # what the run trained on
-    scored = score_records(records, read_record_stats(run_dir), read_events(run_dir))
+    scored = score_records(records, read_record_stats(run_dir), read_events(run_dir), signals)
     return [s for s in scored if s["why"]]
 
 
