@@ -98,3 +98,16 @@ def test_training_evidence_names_a_surprising_end_and_a_hard_record_and_support_
     supported = {row["id"]: row for row in score_records(corroborated, stats, [])}
     assert supported["r7"]["corroborated_by"] == ["t"]
     assert supported["r7"]["score"] == pytest.approx(table["r7"]["score"] / 2)
+
+
+def test_a_record_without_the_input_its_category_always_has_is_named():
+    from bonsai.data.checks import missing_inputs
+
+    passage = "The Rosetta Stone, found in 1799, carries one decree in three scripts."
+    records = [Record(f"c{i}", "According to the passage, when was the stone found?", passage, "In 1799.", "closed_qa", "en")
+               for i in range(12)]
+    records += [Record("bare", "According to the passage, when was the stone found?", "", "In 1799.", "closed_qa", "en")]
+    records += [Record(f"o{i}", f"Name a colour ({i}).", "", "Blue.", "open_qa", "en") for i in range(12)]
+    assert set(missing_inputs(records)) == {"bare"}  # open_qa never has one: nothing is missing there
+    assert missing_inputs(records)["bare"] == "no input, where 12 of 13 closed_qa records have one"
+    assert not missing_inputs(records[:5] + records[12:13])  # five records say too little about a category

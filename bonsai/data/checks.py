@@ -301,3 +301,24 @@ def translation_number_mismatches(records: list[Record]) -> dict[str, str]:
             show = lambda values: ", ".join(f"{v:g}" for v in sorted(values)) or "none"  # noqa: E731
             found[r.id] = f"translation changes the numbers: input {show(only_input)}, output {show(only_output)}"
     return found
+
+
+INPUT_USUAL = 0.9  # a category whose records come with an input this often expects one
+INPUT_MIN_RECORDS = 10
+
+
+def missing_inputs(records: list[Record]) -> dict[str, str]:
+    """id -> why, for records without an input in a category whose records (at least INPUT_MIN_RECORDS)
+    nearly all have one: a question about "the passage" with no passage, a translation of nothing. What
+    a category expects is read from the data, not from a list."""
+    with_input: Counter = Counter()
+    total: Counter = Counter()
+    for r in records:
+        total[r.category] += 1
+        with_input[r.category] += bool(r.input.strip())
+    found = {}
+    for r in records:
+        n, have = total[r.category], with_input[r.category]
+        if not r.input.strip() and n >= INPUT_MIN_RECORDS and have >= INPUT_USUAL * n:
+            found[r.id] = f"no input, where {have} of {n} {r.category} records have one"
+    return found

@@ -6,7 +6,8 @@ A record's suspicion score adds up independent evidence, each piece named in its
   instruction and input but another answer, where the rest of the data does not side with it), `script_says`
   (the language its output is written in, where that differs from its `lang` label), `odd_text` (mostly
   symbols and digits, or a loop), `echo` (the answer repeats its instruction or input), `numbers` (a
-  translation whose output states other numbers than its input);
+  translation whose output states other numbers than its input), `missing_input` (no input, in a category
+  whose records nearly all have one);
 - from training, over the whole run and against the records of its category (robust z: median and MAD):
   `loss_z`, its mean loss per byte of answer (a record the model cannot learn while its peers are learned
   is noise or a mistake; per byte, as per token is not comparable across ja, en and zh), and `eos_z`, the
@@ -29,7 +30,8 @@ from pathlib import Path
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
-                                 outvoted, translation_number_mismatches, translation_support, ungrounded)
+                                 missing_inputs, outvoted, translation_number_mismatches, translation_support,
+                                 ungrounded)
 from bonsai.data.textmetrics import echo_of, text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
@@ -52,7 +54,7 @@ TOP_N = 20
 LOSS_Z_REASON = 3.0  # excess loss is named as a reason (and makes a suspect) above this robust z
 EOS_Z_REASON = 3.0
 # The evidence score_records weighs; bench/suspects.py --ablate leaves each out in turn to measure it.
-SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "loss", "eos", "spikes", "support")
+SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "input", "loss", "eos", "spikes", "support")
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -141,6 +143,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
     oddities = {r.id: why for r in records if (why := text_oddity(r.output))} if "odd_text" in use else {}
     echoes = {r.id: f for r in records if (f := echo_of(r.output, r.instruction, r.input))} if "echo" in use else {}
     numbers = translation_number_mismatches(records) if "numbers" in use else {}
+    no_input = missing_inputs(records) if "input" in use else {}
     support = corroborations(records) if "support" in use else {}
     table = []
     for r in records:
@@ -153,7 +156,8 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         contradicted = r.id in contradictions and r.id not in backed
         # A contradiction the data takes no side in is wrong on one of its two sides: half the weight.
         side = 1.0 if r.id in rejected else 0.5
-        flags = side * contradicted + (r.id in mismatches) + (r.id in oddities) + (r.id in echoes) + (r.id in numbers)
+        flags = (side * contradicted + (r.id in mismatches) + (r.id in oddities) + (r.id in echoes) + (r.id in numbers)
+                 + (r.id in no_input))
         score += FLAG_WEIGHT * flags
         why = []
         if lz > LOSS_Z_REASON:
@@ -173,6 +177,8 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
             why.append(f"the answer repeats its {echoes[r.id]}")
         if r.id in numbers:
             why.append(numbers[r.id])
+        if r.id in no_input:
+            why.append(no_input[r.id])
         if r.id in mismatches:
             why.append(f"labelled {r.lang} but written in {mismatches[r.id]}")
         table.append({
@@ -182,6 +188,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
             "seen": s["seen"] if s else 0, "spike_batches": spikes[r.id],
             "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id),
             "odd_text": oddities.get(r.id), "echo": echoes.get(r.id), "numbers": numbers.get(r.id),
+            "missing_input": no_input.get(r.id),
             "corroborated_by": support.get(r.id, [])[:5], "why": "; ".join(why),
         })
     table.sort(key=lambda row: (row["score"], row["loss_z"]), reverse=True)  # z orders what the caps tie
@@ -220,14 +227,17 @@ def _plot(run_dir: Path, metrics: list[dict], events: list[dict], suspects: list
             ax.axvline(s, color=color, alpha=0.5, lw=1, label=kind if i == 0 else None)
     ax.set(title=f"{run_dir.name}: loss and instability events", xlabel="step", ylabel="loss")
     ax.legend(loc="upper right")
-    for col, (kind, name) in enumerate(((keys.CATEGORY, "category"), (keys.LANGUAGE, "language"))):
+    # Per language in bits per byte: a token of ja, en or zh holds different numbers of bytes.
+    panels = ((keys.TRAIN_LOSS, keys.CATEGORY, "train loss per category"),
+              (keys.TRAIN_BITS_PER_BYTE, keys.LANGUAGE, "train bits per byte per language"))
+    for col, (metric, kind, title) in enumerate(panels):
         axc = fig.add_subplot(grid[1, col])
-        prefix = keys.TRAIN_LOSS + kind
+        prefix = metric + kind
         shown = sorted({k for m in metrics for k in m if k.startswith(prefix)})
         for key in shown:
             steps, values = zip(*[(m["step"], m[key]) for m in metrics if key in m])
             axc.plot(steps, _smooth(values), lw=1, label=key.removeprefix(prefix))
-        axc.set(title=f"train loss per {name} (EMA {SMOOTHING})", xlabel="step")
+        axc.set(title=f"{title} (EMA {SMOOTHING})", xlabel="step")
         if shown:
             axc.legend(fontsize=7)
     axt = fig.add_subplot(grid[2, :])
@@ -253,6 +263,22 @@ def find_suspects(run_dir: Path, signals: tuple[str, ...] = SIGNALS) -> list[dic
     return [s for s in scored if s["why"]]
 
 
+FINAL_ROWS = 20  # a step's breakdown holds a few records per category: average the last logged steps
+
+
+def final_breakdown(metrics: list[dict]) -> dict[str, dict[str, float]]:
+    """The end of the run per category and language: loss per token and bits per byte, each the mean of
+    its last FINAL_ROWS logged values."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in (keys.TRAIN_LOSS, keys.TRAIN_BITS_PER_BYTE):
+        for kind in (keys.CATEGORY, keys.LANGUAGE):
+            names = sorted({k for m in metrics for k in m if k.startswith(metric + kind)})
+            for name in names:
+                values = [m[name] for m in metrics if name in m][-FINAL_ROWS:]
+                out.setdefault(name.removeprefix(metric + kind), {})[metric] = sum(values) / len(values)
+    return out
+
+
 def write_report(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").exists():
@@ -262,6 +288,7 @@ def write_report(run_dir: Path) -> dict:
     report = {
         "run_dir": str(run_dir),
         "steps": max((m["step"] for m in metrics), default=0),
+        "final": final_breakdown(metrics),
         "events": [{k: e[k] for k in ("step", "kind", "value", "threshold", "action")} for e in events],
         "suspects": suspects[:TOP_N],
     }
@@ -274,6 +301,10 @@ def summary_text(report: dict) -> str:
     lines = [f"{report['run_dir']}: {report['steps']} steps, {len(report['events'])} event(s)"]
     for e in report["events"][:10]:
         lines.append(f"  step {e['step']}: {e['kind']} ({e['value']} vs {e['threshold']}) -> {e['action']}")
+    for name, final in report.get("final", {}).items():
+        if keys.TRAIN_BITS_PER_BYTE in final and name in ("ja", "en", "zh"):
+            lines.append(f"  {name}: {final[keys.TRAIN_BITS_PER_BYTE]:.3f} bits per byte "
+                         f"({final.get(keys.TRAIN_LOSS, float('nan')):.3f} loss per token), the last {FINAL_ROWS} steps")
     lines.append("suspect records (most suspect first):")
     for s in report["suspects"][:10]:
         lines.append(f"  {s['id']} [{s['category']}/{s['lang']}] score {s['score']:.1f}: {s['why']}")
