@@ -90,10 +90,8 @@ def test_training_evidence_names_a_surprising_end_and_a_hard_record_and_support_
     stats["r3"] = _stats("open_qa", "en", [1.03, 0.5], [4.0])  # cut off: its EOS surprises
     stats["r7"] = _stats("open_qa", "en", [3.0, 2.5], [0.27])  # never learned
     table = {row["id"]: row for row in score_records(records, stats, [])}
-    ranked = sorted(table, key=lambda i: -table[i]["score"])
-    assert set(ranked[:2]) == {"r3", "r7"}
+    assert {i for i, row in table.items() if row["why"]} == {"r3", "r7"}
     assert "end of sequence surprises" in table["r3"]["why"] and "bits/byte" in table["r7"]["why"]
-    assert not table["r0"]["why"]
     corroborated = records + [_translation("t", "ja", "en", "ある答え。", records[7].output)]
     supported = {row["id"]: row for row in score_records(corroborated, stats, [])}
     assert supported["r7"]["corroborated_by"] == ["t"]
@@ -111,3 +109,15 @@ def test_a_record_without_the_input_its_category_always_has_is_named():
     assert set(missing_inputs(records)) == {"bare"}  # open_qa never has one: nothing is missing there
     assert missing_inputs(records)["bare"] == "no input, where 12 of 13 closed_qa records have one"
     assert not missing_inputs(records[:5] + records[12:13])  # five records say too little about a category
+
+
+def test_an_answer_that_stops_mid_sentence_is_named_where_its_category_ends_sentences():
+    from bonsai.data.checks import unfinished_endings
+
+    prose = [Record(f"p{i}", f"Why is the sky blue ({i})?", "", "Blue light is scattered more than red light.",
+                    "open_qa", "en") for i in range(12)]
+    cut = Record("cut", "Why is the sky blue?", "", "Blue light is scattered more than red light, so", "open_qa", "en")
+    quoted = Record("quoted", "What did she say?", "", "She said, 「おはよう。」", "open_qa", "en")
+    lists = [Record(f"l{i}", f"Name some fruit ({i}).", "", "1. Apples 2. Pears 3. Plums", "brainstorming", "en")
+             for i in range(12)]
+    assert set(unfinished_endings(prose + [cut, quoted] + lists)) == {"cut"}  # lists never end a sentence

@@ -322,3 +322,25 @@ def missing_inputs(records: list[Record]) -> dict[str, str]:
         if not r.input.strip() and n >= INPUT_MIN_RECORDS and have >= INPUT_USUAL * n:
             found[r.id] = f"no input, where {have} of {n} {r.category} records have one"
     return found
+
+
+# What a finished sentence ends with, quotes and brackets included ("…だ。」", "…(212°F).").
+SENTENCE_FINAL = frozenset("。．.!?！？」』)）\"”'’…")
+ENDING_USUAL = 0.9  # a category whose answers end a sentence this often expects every answer to
+
+
+def unfinished_endings(records: list[Record]) -> dict[str, str]:
+    """id -> why, for answers that stop mid-sentence in a category whose answers (at least
+    INPUT_MIN_RECORDS) nearly all end one: "…因此", "…lose their". Lists, labels and poems, which end
+    without punctuation, make their category's rate low and are left alone. Read from the data."""
+    ended: Counter = Counter()
+    total: Counter = Counter()
+    for r in records:
+        total[r.category] += 1
+        ended[r.category] += r.output.strip()[-1:] in SENTENCE_FINAL
+    found = {}
+    for r in records:
+        n, have = total[r.category], ended[r.category]
+        if r.output.strip()[-1:] not in SENTENCE_FINAL and n >= INPUT_MIN_RECORDS and have >= ENDING_USUAL * n:
+            found[r.id] = f"stops mid-sentence, where {have} of {n} {r.category} answers end a sentence"
+    return found
