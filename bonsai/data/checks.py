@@ -303,25 +303,31 @@ def translation_number_mismatches(records: list[Record]) -> dict[str, str]:
     return found
 
 
-INPUT_USUAL = 0.9  # a category whose records come with an input this often expects one
-INPUT_MIN_RECORDS = 10
+CATEGORY_MIN_RECORDS = 10  # fewer records say too little about what their category expects
 
 
-def missing_inputs(records: list[Record]) -> dict[str, str]:
-    """id -> why, for records without an input in a category whose records (at least INPUT_MIN_RECORDS)
-    nearly all have one: a question about "the passage" with no passage, a translation of nothing. What
-    a category expects is read from the data, not from a list."""
-    with_input: Counter = Counter()
+def lacking_what_the_category_has(records: list[Record], has, usual: float) -> dict[str, tuple[int, int]]:
+    """id -> (records of its category that have it, records of its category), for records without
+    `has(record)` in a category (of at least CATEGORY_MIN_RECORDS) where at least `usual` of the records
+    have it. What a category expects is read from the data, not from a list."""
+    with_it: Counter = Counter()
     total: Counter = Counter()
     for r in records:
         total[r.category] += 1
-        with_input[r.category] += bool(r.input.strip())
-    found = {}
-    for r in records:
-        n, have = total[r.category], with_input[r.category]
-        if not r.input.strip() and n >= INPUT_MIN_RECORDS and have >= INPUT_USUAL * n:
-            found[r.id] = f"no input, where {have} of {n} {r.category} records have one"
-    return found
+        with_it[r.category] += bool(has(r))
+    return {r.id: (with_it[r.category], total[r.category]) for r in records
+            if not has(r) and total[r.category] >= CATEGORY_MIN_RECORDS and with_it[r.category] >= usual * total[r.category]}
+
+
+INPUT_USUAL = 0.9  # a category whose records come with an input this often expects one
+
+
+def missing_inputs(records: list[Record]) -> dict[str, str]:
+    """id -> why, for records without an input in a category whose records nearly all have one: a
+    question about "the passage" with no passage, a translation of nothing."""
+    lacking = lacking_what_the_category_has(records, lambda r: r.input.strip(), INPUT_USUAL)
+    category = {r.id: r.category for r in records}
+    return {i: f"no input, where {have} of {n} {category[i]} records have one" for i, (have, n) in lacking.items()}
 
 
 # What a finished sentence ends with, quotes and brackets included ("…だ。」", "…(212°F).").
@@ -330,17 +336,10 @@ ENDING_USUAL = 0.9  # a category whose answers end a sentence this often expects
 
 
 def unfinished_endings(records: list[Record]) -> dict[str, str]:
-    """id -> why, for answers that stop mid-sentence in a category whose answers (at least
-    INPUT_MIN_RECORDS) nearly all end one: "…因此", "…lose their". Lists, labels and poems, which end
-    without punctuation, make their category's rate low and are left alone. Read from the data."""
-    ended: Counter = Counter()
-    total: Counter = Counter()
-    for r in records:
-        total[r.category] += 1
-        ended[r.category] += r.output.strip()[-1:] in SENTENCE_FINAL
-    found = {}
-    for r in records:
-        n, have = total[r.category], ended[r.category]
-        if r.output.strip()[-1:] not in SENTENCE_FINAL and n >= INPUT_MIN_RECORDS and have >= ENDING_USUAL * n:
-            found[r.id] = f"stops mid-sentence, where {have} of {n} {r.category} answers end a sentence"
-    return found
+    """id -> why, for answers that stop mid-sentence in a category whose answers nearly all end one:
+    "…因此", "…lose their". Lists, labels and poems, which end without punctuation, make their
+    category's rate low and are left alone."""
+    lacking = lacking_what_the_category_has(records, lambda r: r.output.strip()[-1:] in SENTENCE_FINAL, ENDING_USUAL)
+    category = {r.id: r.category for r in records}
+    return {i: f"stops mid-sentence, where {have} of {n} {category[i]} answers end a sentence"
+            for i, (have, n) in lacking.items()}
