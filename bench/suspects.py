@@ -73,7 +73,9 @@ def row(name: str, figures: dict) -> str:
 def ablations() -> list[tuple[str, tuple[str, ...]]]:
     """(name, signals): the score without each signal, and from the data alone."""
     data_only = tuple(s for s in SIGNALS if s not in ("loss", "eos", "spikes"))
-    return [(f"-{s}", tuple(x for x in SIGNALS if x != s)) for s in SIGNALS] + [("data only", data_only)]
+    no_truncation = tuple(s for s in SIGNALS if s not in ("ending", "eos"))  # the two say the same of a cut-off
+    return ([(f"-{s}", tuple(x for x in SIGNALS if x != s)) for s in SIGNALS]
+            + [("-ending -eos", no_truncation), ("data only", data_only)])
 
 
 HEADER = (f"{'set':<16} {'k':>3} {'recall':>6} {'clean':>6} {'listed':>6}  "
