@@ -77,7 +77,8 @@ def read_record_stats(run_dir: Path) -> dict[str, dict]:
     return merged
 
 
-def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) -> dict[str, str]:
+def rejected_sides(records: list[Record], contradictions: dict[str, list[str]],
+                   support: dict[str, list[str]] | None = None) -> dict[str, str]:
     """The contradicting records the rest of the data rejects, with why: their answer is outvoted, the
     other side's answer is restated by a translation record, their translation is the one other
     translation records do not link to its source, their answer is not in the input that grounds the
@@ -86,7 +87,8 @@ def rejected_sides(records: list[Record], contradictions: dict[str, list[str]]) 
     rejected = {i: "outvoted" for i in outvoted(records)}
     # A side a translation record restates (the fact in another language) is the side the data takes.
     translation = {r.id for r in records if r.category == "translation"}
-    restated = {i: t[0] for i, by in corroborations(records).items() if (t := [o for o in by if o in translation])}
+    support = corroborations(records) if support is None else support
+    restated = {i: t[0] for i, by in support.items() if (t := [o for o in by if o in translation])}
     for i, others in contradictions.items():
         if i not in restated and (backer := next((o for o in others if o in restated), None)):
             rejected.setdefault(i, f"{restated[backer]} translates {backer}'s answer")
@@ -144,7 +146,8 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         for row in rows[: max(1, len(rows) // 3)]:
             spikes[row["id"]] += 1
     contradictions = find_contradictions(records) if "contradiction" in use else {}
-    rejected = rejected_sides(records, contradictions)
+    corroborated = corroborations(records)
+    rejected = rejected_sides(records, contradictions, corroborated)
     backed = {i for i in contradictions if i not in rejected and any(o in rejected for o in contradictions[i])}
     mismatches = find_language_mismatches(records) if "language" in use else {}
     oddities = {r.id: why for r in records if (why := text_oddity(r.output))} if "odd_text" in use else {}
@@ -152,7 +155,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
     numbers = translation_number_mismatches(records) if "numbers" in use else {}
     no_input = missing_inputs(records) if "input" in use else {}
     unfinished = unfinished_endings(records) if "ending" in use else {}
-    support = corroborations(records) if "support" in use else {}
+    support = corroborated if "support" in use else {}
     table = []
     for r in records:
         s = stats.get(r.id)
