@@ -344,7 +344,7 @@ def _generate(args) -> int:
         use_template(tokenizer, args.template)
     outputs = generate(model, tokenizer, records, decode)
     if args.prompt is not None:
-        print(outputs[0])
+        print(outputs[0].text)
     else:
         for row in generation_rows(tokenizer, records, outputs, references):
             print(json.dumps(row, ensure_ascii=False))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 STEP = "train/global_step"  # the W&B x-axis; metrics.jsonl rows carry it as "step"
 TRAIN_LOSS = "train/loss"
+TRAIN_BITS_PER_BYTE = "train/bits_per_byte"  # loss per UTF-8 byte of the answers: comparable across ja, en, zh
 LEARNING_RATE = "train/learning_rate"
 GRAD_NORM = "train/grad_norm"
 TOKENS_SEEN = "train/num_input_tokens_seen"
@@ -17,13 +18,9 @@ TARGET_TOKENS_PER_SECOND = "train/target_tokens_per_second"
 STEP_SECONDS = "train/step_seconds"
 MFU = "train/mfu"
 EVAL_LOSS = "eval/loss"
+EVAL_BITS_PER_BYTE = "eval/bits_per_byte"
 PROBE = "probe"  # generation metrics of the fixed probe questions during training: probe/<metric>
 GENERATION = "eval/generation"  # generation metrics of `bonsai eval` on held-out records
 
 CATEGORY = "_by_category/"
 LANGUAGE = "_by_language/"
-
-
-def by_category(metric: str, category: str) -> str:
-    return f"{metric}{CATEGORY}{category}"
-

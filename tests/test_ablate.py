@@ -98,6 +98,10 @@ def test_ablate_trains_both_arms_per_seed_and_compares_them(planted_ablation):
         assert metrics[name]["noise_band"] is not None, name
         assert len(metrics[name]["seeds"]["baseline"]) == 2
     assert "heldout_loss_by_category/open_qa" in metrics and "heldout_loss_by_language/ja" in metrics
+    # Bits per byte beside the loss per token, and the answers' stop and language-switch rates, in the A/B.
+    assert {"heldout_bits_per_byte", "heldout_bits_per_byte_by_language/ja", "contested_bits_per_byte",
+            "gen/eos_rate", "gen/language_switch_rate"} <= set(metrics)
+    assert "heldout_bits_per_byte_by_language/zh" in proc.stdout
     assert "contested_loss" in proc.stdout and "verdict" in proc.stdout
 
 

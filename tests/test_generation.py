@@ -6,9 +6,9 @@ import pytest
 
 from bonsai.config import DecodeConfig
 from bonsai.data.records import CATEGORIES, LANGUAGES
-from bonsai.evaluate.generation import cut_at_stop, generate, load_probes, prompt_batch
+from bonsai.evaluate.generation import Generation, cut_at_stop, generate, load_probes, prompt_batch
 from bonsai.data.records import BadRecord, Record
-from bonsai.data.template import encode_record, render_prompt
+from bonsai.data.template import TEMPLATES, encode_record, render_prompt
 from bonsai.data.textmetrics import longest_repeated_span, quality_metrics, repetition_metrics, units
 
 
@@ -32,7 +32,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_dir, tokenizer):
     records = [p.record for p in load_probes("default")][:10]
     batched = generate(model, tokenizer, records, DecodeConfig(max_new_tokens=12, batch_size=5))
     single = generate(model, tokenizer, records, DecodeConfig(max_new_tokens=12, batch_size=1))
-    assert batched == single and all(isinstance(o, str) for o in batched)
+    assert batched == single and all(isinstance(o.text, str) for o in batched)
 
 
 def test_default_probes_cover_every_category_and_language():
@@ -90,3 +90,39 @@ def test_quality_metrics():
 
 def test_generation_stops_at_the_templates_next_section():
     assert cut_at_stop("Tokyo.\n### Category: open_qa\n### Instruction:") == "Tokyo."
+
+
+def test_end_of_sequence_and_language_switch_rates_per_category_and_language(tokenizer):
+    """An answer counts as stopped where EOS or the template's next turn came before max_new_tokens, and
+    as switched where its script says another language than the one asked for; both are averaged per
+    category and language (an answer too short to tell a language from does not count for that rate)."""
+    from bonsai.evaluate.generation import _generation, average_by_category, generation_rows
+
+    eos, text_ids = tokenizer.eos_token_id, tokenizer("Paris is the capital.")["input_ids"]
+    assert _generation(tokenizer, text_ids + [eos, eos], TEMPLATES["bonsai"]).stopped
+    assert _generation(tokenizer, tokenizer("Paris.\n### Category: x")["input_ids"], TEMPLATES["bonsai"]).stopped
+    cut = _generation(tokenizer, text_ids, TEMPLATES["bonsai"])
+    assert not cut.stopped and cut.text == "Paris is the capital."
+
+    def record(i, category, lang):
+        return Record(f"r{i}", "q", "", "x", category, lang, "en" if category == "translation" else None)
+
+    made = [  # (record, answer, stopped)
+        (record(0, "open_qa", "ja"), "富士山は日本で一番高い山です。", True),
+        (record(1, "open_qa", "ja"), "Mount Fuji is the highest mountain in Japan.", True),  # switched
+        (record(2, "open_qa", "zh"), "富士山是日本最高的山。", False),
+        (record(3, "translation", "zh"), "富士山は日本で一番高い山です。", False),  # ja for zh: switched
+        (record(4, "translation", "ja"), "3776", True),  # no letters: no language
+        (record(5, "open_qa", "en"), "The highest mountain in Japan is Mount Fuji.", True),
+    ]
+    rows = generation_rows(tokenizer, [r for r, _, _ in made], [Generation(t, s) for _, t, s in made], [None] * 6)
+    metrics = average_by_category(rows, "probe")
+    assert metrics["probe/eos_rate"] == pytest.approx(4 / 6)
+    assert metrics["probe/eos_rate_by_language/ja"] == pytest.approx(3 / 3)
+    assert metrics["probe/eos_rate_by_language/zh"] == 0.0
+    assert metrics["probe/eos_rate_by_category/translation"] == pytest.approx(1 / 2)
+    assert metrics["probe/language_switch_rate"] == pytest.approx(2 / 5)
+    assert metrics["probe/language_switch_rate_by_language/ja"] == pytest.approx(1 / 2)
+    assert metrics["probe/language_switch_rate_by_language/zh"] == pytest.approx(1 / 2)
+    assert metrics["probe/language_switch_rate_by_category/translation"] == 1.0
+    assert metrics["probe/language_switch_rate_by_language/en"] == 0.0

@@ -184,3 +184,38 @@ def test_block_mask_shape_and_padding():
         [False, False, True, True, False],
         [False, False, False, False, True],
     ]
+
+
+def test_eos_loss_and_bits_per_byte_match_a_hand_computation(model, tokenizer):
+    """Per record, the loss on its end-of-sequence token (packed, with the chunked head too) equals
+    -log p(EOS) from the document's own logits; bits per byte per language equals the summed token
+    loss / (ln 2 x the answers' UTF-8 bytes), across languages whose tokens hold different numbers of bytes."""
+    import math
+
+    from bonsai.model.loss import breakdown_metrics, breakdown_sums
+
+    docs = _documents(tokenizer, 6)
+    packed = collate([Row(docs[:3]), Row(docs[3:])], tokenizer.pad_token_id, pad_to=max(
+        sum(len(d) for d in docs[:3]), sum(len(d) for d in docs[3:])) + 5)
+    with torch.no_grad():
+        out = forward_loss(model, packed)
+        by_hand = []
+        for doc in docs:
+            ids = torch.tensor([doc.encoded.input_ids])
+            logits = model(input_ids=ids, use_cache=False).logits[0].float()
+            assert doc.encoded.labels[-1] == tokenizer.eos_token_id
+            by_hand.append(-torch.log_softmax(logits[-2], dim=-1)[tokenizer.eos_token_id])
+    torch.testing.assert_close(out.record_eos_loss, torch.stack(by_hand), rtol=1e-4, atol=1e-4)
+
+    records = [d.record for d in docs]
+    sums = breakdown_sums(records, out.record_loss_sum, out.record_tokens).tolist()
+    metrics = breakdown_metrics("loss", sums, "bpb")
+    losses = out.record_loss_sum.tolist()
+    for lang in {r.lang for r in records}:
+        mine = [i for i, r in enumerate(records) if r.lang == lang]
+        expected = sum(losses[i] for i in mine) / (math.log(2) * sum(len(records[i].output.encode()) for i in mine))
+        assert metrics[f"bpb_by_language/{lang}"] == pytest.approx(expected, rel=1e-6)
+    assert len({r.lang for r in records}) > 1
+    total = sum(losses) / (math.log(2) * sum(len(r.output.encode()) for r in records))
+    assert metrics["bpb"] == pytest.approx(total, rel=1e-6) and metrics["loss"] == pytest.approx(
+        sum(losses) / out.record_tokens.sum().item(), rel=1e-6)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from functools import cache
 
+from bonsai.data.anchors import number_mismatch
 from bonsai.data.records import Record
 from bonsai.data.textmetrics import normalise, units
 
@@ -176,6 +178,10 @@ def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]
         return {}
     content: dict[str, set[str]] = {r.id: _content(r.output) for r in records}
     question = {r.id: question_of(r) for r in records}
+    # A translation restates a fact in another language, it answers no other question: an answer that
+    # equals a translation's output is corroborated by it, not borrowed (a translation that equals another
+    # translation's output may still have taken it from the wrong source).
+    translations = {r.id for r in records if r.category == "translation"}
     holders: dict[str, set[str]] = defaultdict(set)  # word or character -> ids of the answers that hold it
     for rid, said in content.items():
         for unit in said:
@@ -186,6 +192,8 @@ def borrowed_answers(records: list[Record], contradictions: dict[str, list[str]]
         if not own:
             continue
         candidates = set.intersection(*(holders[u] for u in own))
+        if rid not in translations:
+            candidates -= translations
         source = next((c for c in sorted(candidates) if question[c] != question[rid]
                        and jaccard(content[rid], content[c]) >= BORROWED_MIN_JACCARD), None)
         if source:
@@ -255,3 +263,83 @@ def language_mismatches(records: list[Record]) -> list[tuple[Record, str, str, s
 def find_language_mismatches(records: list[Record]) -> dict[str, str]:
     """id -> the language the output's script says, where it disagrees with the record's `lang`."""
     return {r.id: seen for r, field, _, seen in language_mismatches(records) if field == "output"}
+
+
+SENTENCE_END = re.compile(r"[。．.!?！？\n]")
+CORROBORATING_CHARS = 6  # shorter sentences ("Yes.", "两根。") are said everywhere
+
+
+def sentences(text: str) -> set[str]:
+    return {s for s in (part.strip() for part in SENTENCE_END.split(normalise(text))) if len(s) >= CORROBORATING_CHARS}
+
+
+def corroborations(records: list[Record]) -> dict[str, list[str]]:
+    """id -> the other records whose input or answer states a sentence of this record's answer: a QA answer
+    that a translation record translates from or into, a fact two questions share. Support, not
+    contradiction: a record the rest of the data repeats is less likely wrong. Indexed by sentence, O(n)."""
+    stating: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        for s in sentences(r.output) | sentences(r.input):
+            stating[s].add(r.id)
+    found = {}
+    for r in records:
+        others = set().union(*(stating[s] for s in sentences(r.output))) - {r.id} if r.output else set()
+        if others:
+            found[r.id] = sorted(others)
+    return found
+
+
+def translation_number_mismatches(records: list[Record]) -> dict[str, str]:
+    """id -> what differs, for translations whose output states other numbers than their input
+    (bonsai.data.anchors): "12 to 16 hours" rendered as "8時間" is a fluent, wrong translation."""
+    found = {}
+    for r in records:
+        if r.category != "translation":
+            continue
+        only_input, only_output = number_mismatch(r.input, r.output)
+        if only_input or only_output:
+            show = lambda values: ", ".join(f"{v:g}" for v in sorted(values)) or "none"  # noqa: E731
+            found[r.id] = f"translation changes the numbers: input {show(only_input)}, output {show(only_output)}"
+    return found
+
+
+CATEGORY_MIN_RECORDS = 10  # fewer records say too little about what their category expects
+
+
+def lacking_what_the_category_has(records: list[Record], has, usual: float) -> dict[str, tuple[int, int]]:
+    """id -> (records of its category that have it, records of its category), for records without
+    `has(record)` in a category (of at least CATEGORY_MIN_RECORDS) where at least `usual` of the records
+    have it. What a category expects is read from the data, not from a list."""
+    with_it: Counter = Counter()
+    total: Counter = Counter()
+    for r in records:
+        total[r.category] += 1
+        with_it[r.category] += bool(has(r))
+    return {r.id: (with_it[r.category], total[r.category]) for r in records
+            if not has(r) and total[r.category] >= CATEGORY_MIN_RECORDS and with_it[r.category] >= usual * total[r.category]}
+
+
+INPUT_USUAL = 0.9  # a category whose records come with an input this often expects one
+
+
+def missing_inputs(records: list[Record]) -> dict[str, str]:
+    """id -> why, for records without an input in a category whose records nearly all have one: a
+    question about "the passage" with no passage, a translation of nothing."""
+    lacking = lacking_what_the_category_has(records, lambda r: r.input.strip(), INPUT_USUAL)
+    category = {r.id: r.category for r in records}
+    return {i: f"no input, where {have} of {n} {category[i]} records have one" for i, (have, n) in lacking.items()}
+
+
+# What a finished sentence ends with, quotes and brackets included ("…だ。」", "…(212°F).").
+SENTENCE_FINAL = frozenset("。．.!?！？」』)）\"”'’…")
+ENDING_USUAL = 0.9  # a category whose answers end a sentence this often expects every answer to
+
+
+def unfinished_endings(records: list[Record]) -> dict[str, str]:
+    """id -> why, for answers that stop mid-sentence in a category whose answers nearly all end one:
+    "…因此", "…lose their". Lists, labels and poems, which end without punctuation, make their
+    category's rate low and are left alone."""
+    lacking = lacking_what_the_category_has(records, lambda r: r.output.strip()[-1:] in SENTENCE_FINAL, ENDING_USUAL)
+    category = {r.id: r.category for r in records}
+    return {i: f"stops mid-sentence, where {have} of {n} {category[i]} answers end a sentence"
+            for i, (have, n) in lacking.items()}

@@ -90,9 +90,30 @@ def text_oddity(text: str) -> str | None:
         share = sum(ch.isalpha() for ch in visible) / len(visible)
         if share < ODD_MAX_LETTER_SHARE:
             return f"output is {1 - share:.0%} symbols and digits"
-    seq = units(text)
+    # List numbers ("1. Star cookies 2. Star cookies ...") make every 3-gram new: read the words alone.
+    seq = [u for u in units(text) if not u.rstrip(".)、").isdigit()]
     if len(seq) >= ODD_MIN_UNITS and (ratio := repeated_ngram_ratio(seq, 3)) >= ODD_MIN_REPEATED_3GRAMS:
         return f"output repeats itself ({ratio:.0%} of its 3-grams are repeats)"
+    return None
+
+
+ECHO_MIN_SIMILARITY = 0.8
+
+
+def _trigrams(text: str) -> set[str]:
+    letters = "".join(ch for ch in normalise(text) if ch.isalnum())
+    return {letters[i : i + 3] for i in range(max(1, len(letters) - 2))} if letters else set()
+
+
+def echo_of(output: str, instruction: str, given: str) -> str | None:
+    """"instruction" or "input" where the answer says (nearly) what the record asked or gave it, letter
+    3-grams of one >= 80 % the other's (Jaccard): a question answered with itself, a rewrite that
+    rewrote nothing. None otherwise."""
+    said = _trigrams(output)
+    for name, text in (("instruction", instruction), ("input", given)):
+        asked = _trigrams(text)
+        if said and asked and len(said & asked) / len(said | asked) >= ECHO_MIN_SIMILARITY:
+            return name
     return None
 
 

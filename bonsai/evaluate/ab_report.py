@@ -14,7 +14,7 @@ from bonsai.observe.metrics import read_metrics
 from bonsai.observe.report import read_events
 
 # Which way is better. Losses, repetition and detector events: lower; diversity and quality: higher.
-HIGHER_IS_BETTER = ("gen/distinct_1", "gen/distinct_2", "gen/chrf", "gen/contains", "gen/exact")
+HIGHER_IS_BETTER = ("gen/distinct_1", "gen/distinct_2", "gen/chrf", "gen/contains", "gen/exact", "gen/eos_rate")
 NEUTRAL = ("gen/length",)  # longer is neither better nor worse
 # Student's t, two-sided 95 %, by degrees of freedom (1-30); beyond 30, the normal 1.96.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

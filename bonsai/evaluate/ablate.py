@@ -153,9 +153,11 @@ def measure(run: ArmRun, sets: EvalSets, cfg: BonsaiConfig, generate_limit: int)
 
     model, tokenizer = load_for_inference(str(RunDir(run.run_dir).model))
     decode = cfg.eval.decode
-    metrics = loss_breakdown(model, tokenizer, sets.heldout, decode.batch_size, prefix="heldout_loss")
+    metrics = loss_breakdown(model, tokenizer, sets.heldout, decode.batch_size, prefix="heldout_loss",
+                             bits_prefix="heldout_bits_per_byte")
     if sets.contested:
-        metrics |= loss_breakdown(model, tokenizer, sets.contested, decode.batch_size, prefix="contested_loss")
+        metrics |= loss_breakdown(model, tokenizer, sets.contested, decode.batch_size, prefix="contested_loss",
+                                  bits_prefix="contested_bits_per_byte")
     prompts = [*sets.probes, *((r, r.output) for r in sets.heldout[:generate_limit])]
     records = [record for record, _ in prompts]
     rows = generation_rows(tokenizer, records, generate(model, tokenizer, records, decode), [ref for _, ref in prompts])

@@ -16,15 +16,16 @@ from bonsai.data.packing import Document, Row, collate
 from bonsai.data.records import Record, Where
 from bonsai.data.stream import StreamPosition
 from bonsai.data.template import encode_record, use_template
-from bonsai.metric_keys import CATEGORY, EVAL_LOSS, GENERATION, LANGUAGE
+from bonsai.metric_keys import CATEGORY, EVAL_BITS_PER_BYTE, EVAL_LOSS, GENERATION, LANGUAGE
 
 
-def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int, prefix: str = EVAL_LOSS) -> dict[str, float]:
+def loss_breakdown(model, tokenizer, records: list[Record], batch_size: int, prefix: str = EVAL_LOSS,
+                   bits_prefix: str = EVAL_BITS_PER_BYTE) -> dict[str, float]:
     device = next(model.parameters()).device
     docs = [Document(r, encode_record(tokenizer, r), Where("eval", i), StreamPosition(0, i)) for i, r in enumerate(records)]
     batches = [collate([Row([d]) for d in docs[start : start + batch_size]], tokenizer.pad_token_id)
                for start in range(0, len(docs), batch_size)]
-    return breakdown_metrics(prefix, eval_loss_sums(model, batches, device, tokenizer.pad_token_id).tolist())
+    return breakdown_metrics(prefix, eval_loss_sums(model, batches, device, tokenizer.pad_token_id).tolist(), bits_prefix)
 
 
 def evaluate_model(path: str, records: list[Record], decode: DecodeConfig, generate_limit: int,

@@ -1,5 +1,7 @@
 """Generation with the training template: the prompt tokens are exactly those training put before the
-response (`encode_prompt`), batched with left padding, with repetition controls."""
+response (`encode_prompt`), batched with left padding, with repetition controls. Each answer is scored
+for repetition and quality, for whether it ended by itself (`eos_rate`: EOS or the template's next turn
+before max_new_tokens) and for whether it is written in the language asked for (`language_switch_rate`)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from pathlib import Path
 import torch
 
 from bonsai.config import DecodeConfig
+from bonsai.data.checks import written_in
 from bonsai.data.records import BadRecord, Record, Where, validate_record
 from bonsai.data.template import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate, encode_prompt, template_of
 from bonsai.data.textmetrics import quality_metrics, repetition_metrics
-from bonsai.metric_keys import by_category
+from bonsai.metric_keys import CATEGORY, LANGUAGE
 
 DEFAULT_PROBES = Path(__file__).parents[1] / "probes" / "default.jsonl"
 
@@ -56,6 +59,12 @@ def prompt_batch(tokenizer, records: list[Record], device) -> tuple[torch.Tensor
     return ids.to(device), mask.to(device)
 
 
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    stopped: bool  # ended by itself (EOS, or the template's next turn) before max_new_tokens
+
+
 def cut_at_stop(text: str, template: PromptTemplate = TEMPLATES[DEFAULT_TEMPLATE]) -> str:
     """The answer up to where the model starts the template's next turn (it has finished there)."""
     for stop in template.stop_texts:
@@ -63,13 +72,19 @@ def cut_at_stop(text: str, template: PromptTemplate = TEMPLATES[DEFAULT_TEMPLATE
     return text.strip()
 
 
+def _generation(tokenizer, new_tokens: list[int], template: PromptTemplate) -> Generation:
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    stopped = tokenizer.eos_token_id in new_tokens or any(stop in text for stop in template.stop_texts)
+    return Generation(cut_at_stop(text, template), stopped)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> list[str]:
+def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> list[Generation]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     template = template_of(tokenizer)
-    outputs: list[str] = []
+    outputs: list[Generation] = []
     for start in range(0, len(records), decode.batch_size):
         ids, mask = prompt_batch(tokenizer, records[start : start + decode.batch_size], device)
         sampled = decode.temperature > 0
@@ -86,17 +101,26 @@ def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> l
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
         )[:, ids.shape[1] :]
-        outputs += [cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), template) for row in new]
+        outputs += [_generation(tokenizer, row.tolist(), template) for row in new]
     if was_training:
         model.train()
     return outputs
 
 
-def score_generation(record: Record, output: str, reference: str | None) -> dict[str, float]:
-    return {**repetition_metrics(output), **quality_metrics(record.category, output, reference)}
+def language_switch(record: Record, text: str) -> float | None:
+    """1.0 where the answer is written in another language than the one asked for (a translation's
+    `lang` is its target), 0.0 where it is in that one; None where its letters are too few to tell."""
+    seen = written_in(text)
+    return None if seen is None else float(record.lang not in seen)
 
 
-def generation_rows(tokenizer, records: list[Record], outputs: list[str], references: list[str | None],
+def score_generation(record: Record, output: Generation, reference: str | None) -> dict[str, float]:
+    switched = language_switch(record, output.text)
+    return {**repetition_metrics(output.text), **quality_metrics(record.category, output.text, reference),
+            "eos_rate": float(output.stopped), **({"language_switch_rate": switched} if switched is not None else {})}
+
+
+def generation_rows(tokenizer, records: list[Record], outputs: list[Generation], references: list[str | None],
                     step: int | None = None) -> list[dict]:
     template = template_of(tokenizer)
     rows = []
@@ -104,17 +128,19 @@ def generation_rows(tokenizer, records: list[Record], outputs: list[str], refere
         rows.append({
             **({"step": step} if step is not None else {}),
             "id": record.id, "category": record.category, "lang": record.lang,
-            "prompt": template.render(record), "output": output, "reference": reference,
-            "metrics": score_generation(record, output, reference),
+            "prompt": template.render(record), "output": output.text, "stopped": output.stopped,
+            "reference": reference, "metrics": score_generation(record, output, reference),
         })
     return rows
 
 
 def average_by_category(rows: list[dict], prefix: str) -> dict[str, float]:
-    """`prefix/<metric>_by_category/<c>` averaged over rows, and `prefix/<metric>` over all."""
+    """`prefix/<metric>` averaged over rows, and `prefix/<metric>_by_category/<c>` and
+    `_by_language/<l>` over each category's and language's rows (a metric counts where a row has it)."""
     sums: dict[str, list[float]] = {}
     for row in rows:
         for name, value in row["metrics"].items():
-            for key in (f"{prefix}/{name}", by_category(f"{prefix}/{name}", row["category"])):
+            for key in (f"{prefix}/{name}", f"{prefix}/{name}{CATEGORY}{row['category']}",
+                        f"{prefix}/{name}{LANGUAGE}{row['lang']}"):
                 sums.setdefault(key, []).append(value)
     return {k: sum(v) / len(v) for k, v in sums.items()}

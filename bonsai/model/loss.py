@@ -7,6 +7,7 @@ step's global token count. Averaging per-micro-batch means instead over-weights 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ class MicroBatchLoss:
     loss_sum: torch.Tensor  # scalar, with grad: sum of response-token losses
     record_loss_sum: torch.Tensor  # (num_records,), detached
     record_tokens: torch.Tensor  # (num_records,)
+    record_eos_loss: torch.Tensor  # (num_records,), detached: the loss on each record's last target, its EOS
 
 
 def _attention_mask(model, batch: Batch) -> torch.Tensor | None:
@@ -59,7 +61,17 @@ def forward_loss(model, batch: Batch) -> MicroBatchLoss:
     n = len(batch.records)
     record_loss_sum = torch.zeros(n, device=token_loss.device).index_add_(0, owner, token_loss.detach() * counted)
     record_tokens = torch.zeros(n, device=token_loss.device).index_add_(0, owner, counted.float())
-    return MicroBatchLoss(token_loss.sum(), record_loss_sum, record_tokens)
+    return MicroBatchLoss(token_loss.sum(), record_loss_sum, record_tokens, _last_target_loss(token_loss, counted, owner, n))
+
+
+def _last_target_loss(token_loss: torch.Tensor, counted: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Per document, the loss on its last target token: the end-of-sequence token every response ends with
+    (bonsai.data.template.encode_record). An answer cut off mid-sentence makes it surprising, where the
+    mean over the answer's tokens hardly moves. 0 for a document without targets."""
+    position = torch.arange(len(token_loss), device=token_loss.device)
+    last = torch.full((n,), -1, dtype=torch.long, device=token_loss.device)
+    last.scatter_reduce_(0, owner[counted], position[counted], reduce="amax")
+    return torch.where(last >= 0, token_loss.detach()[last.clamp(min=0)], torch.zeros_like(last, dtype=token_loss.dtype))
 
 
 def _config_holder(model):
@@ -71,35 +83,47 @@ def _config_holder(model):
 # Loss broken down by category and language: fixed keys, so every rank reduces tensors of one shape.
 BREAKDOWN_KEYS = ["all", *(f"{CATEGORY}{c}" for c in CATEGORIES), *(f"{LANGUAGE}{lang}" for lang in LANGUAGES)]
 _SLOT = {k: i for i, k in enumerate(BREAKDOWN_KEYS)}
+SUMS = ("loss", "tokens", "bytes")  # the columns of a breakdown
+
+
+def answer_bytes(record: Record) -> int:
+    """The UTF-8 bytes of the answer: the denominator of bits per byte, which (unlike loss per token)
+    does not depend on how many tokens the tokenizer spends on a character of ja, en or zh."""
+    return len(record.output.encode("utf-8"))
 
 
 def breakdown_sums(records: list[Record], record_loss_sum: torch.Tensor, record_tokens: torch.Tensor) -> torch.Tensor:
-    """(len(BREAKDOWN_KEYS), 2) tensor of [loss sum, token count] per key, on the losses' device."""
+    """(len(BREAKDOWN_KEYS), 3) tensor of [loss sum, token count, answer bytes] per key, on the losses' device."""
+    device = record_loss_sum.device
     index = torch.tensor(
         [[_SLOT["all"], _SLOT[f"{CATEGORY}{r.category}"], _SLOT[f"{LANGUAGE}{r.lang}"]] for r in records],
-        dtype=torch.long, device=record_loss_sum.device,
+        dtype=torch.long, device=device,
     ).reshape(-1)
-    values = torch.stack([record_loss_sum, record_tokens], dim=1).double().repeat_interleave(3, dim=0)
-    return torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=record_loss_sum.device).index_add_(
-        0, index, values
-    )
+    # A record without targets (cut by truncation) counts no bytes either.
+    answer = torch.tensor([answer_bytes(r) for r in records], dtype=torch.float64, device=device) * (record_tokens > 0)
+    values = torch.stack([record_loss_sum.double(), record_tokens.double(), answer], dim=1).repeat_interleave(3, dim=0)
+    return torch.zeros(len(BREAKDOWN_KEYS), len(SUMS), dtype=torch.float64, device=device).index_add_(0, index, values)
 
 
-def breakdown_metrics(prefix: str, sums: list[list[float]]) -> dict[str, float]:
-    """`prefix` for the overall mean, `prefix_by_category/x` and `prefix_by_language/y` for the rest (where
-    counted)."""
-    return {
-        prefix if key == "all" else f"{prefix}{key}": loss_sum / count
-        for key, (loss_sum, count) in zip(BREAKDOWN_KEYS, sums)
-        if count
-    }
+def breakdown_metrics(loss_key: str, sums: list[list[float]], bits_key: str) -> dict[str, float]:
+    """Mean loss per token (`loss_key`) and bits per byte of the answers (`bits_key`: the loss in nats
+    over the answer's tokens, EOS included, / (ln 2 x its UTF-8 bytes)), overall and `_by_category/x`,
+    `_by_language/y` where counted."""
+    metrics = {}
+    for key, (loss_sum, count, answer) in zip(BREAKDOWN_KEYS, sums):
+        suffix = "" if key == "all" else key
+        if count:
+            metrics[loss_key + suffix] = loss_sum / count
+        if answer:
+            metrics[bits_key + suffix] = loss_sum / (math.log(2) * answer)
+    return metrics
 
 
 def eval_loss_sums(model, batches: list, device, pad_id: int) -> torch.Tensor:
-    """(len(BREAKDOWN_KEYS), 2) loss sums and token counts over `batches`, without gradients. A None
+    """(len(BREAKDOWN_KEYS), 3) loss sums, token counts and answer bytes over `batches`, without gradients. A None
     batch is a forward pass that counts for nothing: ZeRO-3 gathers weights inside forward, so every
     rank must run as many as the rank with the most batches (training's eval and `bonsai eval` share it)."""
-    sums = torch.zeros(len(BREAKDOWN_KEYS), 2, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(BREAKDOWN_KEYS), len(SUMS), dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -178,27 +178,50 @@ class RecordStats:
     loss_sum: float = 0.0  # of per-token mean losses, one per appearance
     last_loss: float = 0.0
     ema_loss: float | None = None
+    # The run's whole course, not only its end (dataset cartography, Swayamdipta et al. 2020: a record
+    # the model stays unsure of while its peers are learned is often mislabelled):
+    loss_sq_sum: float = 0.0  # of the same per-appearance losses, for their spread
+    eos_seen: int = 0  # appearances whose end-of-sequence token was scored
+    eos_loss_sum: float = 0.0  # loss on the EOS token: high where the answer stops where answers do not
+    tokens: int = 0  # response tokens of the record (EOS included), for its bits per byte
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.seen
+
+    @property
+    def loss_std(self) -> float:
+        return math.sqrt(max(self.loss_sq_sum / self.seen - self.mean_loss ** 2, 0.0))
+
+    @property
+    def mean_eos_loss(self) -> float | None:
+        return self.eos_loss_sum / self.eos_seen if self.eos_seen else None
 
 
 class RecordLossTracker:
-    """Per record: how often it was trained on and its per-token loss (last, mean, EMA). Each rank
-    tracks the records it trained; `bonsai report` merges the ranks' files."""
+    """Per record: how often it was trained on, its per-token loss (last, mean, spread, EMA) and the loss on
+    its end-of-sequence token. Each rank tracks the records it trained; `bonsai report` merges the ranks' files."""
 
     EMA = 0.5  # recent appearances count most: by then clean records have been learned
 
     def __init__(self):
         self.records: dict[str, RecordStats] = {}
 
-    def update(self, records, losses: list[float], tokens: list[float]) -> None:
-        for record, loss_sum, count in zip(records, losses, tokens):
+    def update(self, records, losses: list[float], tokens: list[float], eos_losses: list[float] | None = None) -> None:
+        for i, (record, loss_sum, count) in enumerate(zip(records, losses, tokens)):
             if not count:
                 continue
             loss = loss_sum / count
             s = self.records.setdefault(record.id, RecordStats(record.category, record.lang))
             s.seen += 1
             s.loss_sum += loss
+            s.loss_sq_sum += loss * loss
             s.last_loss = loss
+            s.tokens = int(count)
             s.ema_loss = loss if s.ema_loss is None else self.EMA * s.ema_loss + (1 - self.EMA) * loss
+            if eos_losses is not None:
+                s.eos_seen += 1
+                s.eos_loss_sum += eos_losses[i]
 
     def state_dict(self) -> dict:
         return {k: asdict(v) for k, v in self.records.items()}

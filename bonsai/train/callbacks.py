@@ -145,7 +145,7 @@ class MonitorCallback(Callback):
         # host sync: the monitor must decide before the update whether to apply it.
         loss, grad_norm = stats.loss.item(), stats.grad_norm.item()
         losses, tokens = stats.record_loss_sum.tolist(), stats.record_tokens.tolist()
-        self.tracker.update(stats.records, losses, tokens)
+        self.tracker.update(stats.records, losses, tokens, stats.record_eos_loss.tolist())
         events = self.detector.check(step, loss, grad_norm)
         if events:  # every rank reached the same decision from the same global values: a safe collective
             gathered = dist.gather_objects((batch_records(stats.records, losses, tokens), position.to_dict()))
@@ -344,7 +344,8 @@ def evaluate(dist, model, rows, cfg, pad_id: int) -> dict[str, float]:
     if rounds == 0:
         return {}
     sums = eval_loss_sums(model, batches + [None] * (rounds - len(batches)), dist.device, pad_id)
-    return breakdown_metrics(keys.EVAL_LOSS, dist.sum(sums).tolist())  # host sync: eval results are logged
+    # host sync: eval results are logged
+    return breakdown_metrics(keys.EVAL_LOSS, dist.sum(sums).tolist(), keys.EVAL_BITS_PER_BYTE)
 
 
 class ProbeCallback(PeriodicCallback):

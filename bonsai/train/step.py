@@ -14,7 +14,7 @@ from bonsai.train.distributed import Dist
 from bonsai.model.loss import breakdown_metrics, breakdown_sums, forward_loss
 from bonsai.data.packing import Batch, Row, collate
 from bonsai.data.records import Record
-from bonsai.metric_keys import TRAIN_LOSS
+from bonsai.metric_keys import TRAIN_BITS_PER_BYTE, TRAIN_LOSS
 
 
 @dataclass
@@ -27,6 +27,7 @@ class StepStats:
     records: list[Record] = field(default_factory=list)  # this rank's records in the step
     record_loss_sum: torch.Tensor | None = None  # (len(records),) response-token loss sums, on device
     record_tokens: torch.Tensor | None = None
+    record_eos_loss: torch.Tensor | None = None  # (len(records),) loss on each record's EOS token
 
 
 def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_norm: float | None,
@@ -50,7 +51,7 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
     scale = dist.world_size * len(micro_batches) / target_tokens
     start_at_boundary(accelerator, len(micro_batches))
     loss_sum = torch.zeros((), device=dist.device)
-    records, record_loss, record_tokens = [], [], []
+    records, record_loss, record_tokens, record_eos = [], [], [], []
     for batch in micro_batches:
         # `accumulate` skips the gradient all-reduce until the last micro-batch (DDP) or marks the
         # boundary where the DeepSpeed engine reduces, clips and steps.
@@ -61,11 +62,12 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
         records += batch.records
         record_loss.append(out.record_loss_sum)
         record_tokens.append(out.record_tokens)
+        record_eos.append(out.record_eos_loss)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
     # DeepSpeed clips inside its step and reports the norm as a float (None before any step).
     grad_norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=dist.device)
     return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, False, records,
-                     torch.cat(record_loss), torch.cat(record_tokens))
+                     torch.cat(record_loss), torch.cat(record_tokens), torch.cat(record_eos))
 
 
 def start_at_boundary(accelerator, micro_batches: int) -> None:
@@ -89,9 +91,10 @@ def apply_update(optimizer, scheduler, skip: bool = False) -> None:
 
 
 def train_breakdown(dist: Dist, stats: StepStats) -> dict[str, float]:
-    """Train loss per category and language for this step (a collective: call it on every rank)."""
+    """Train loss per category and language, and bits per byte overall and per category and language, for
+    this step (a collective: call it on every rank); the overall loss is logged from `StepStats.loss`."""
     sums = breakdown_sums(stats.records, stats.record_loss_sum, stats.record_tokens)
-    metrics = breakdown_metrics(TRAIN_LOSS, dist.sum(sums).tolist())
+    metrics = breakdown_metrics(TRAIN_LOSS, dist.sum(sums).tolist(), TRAIN_BITS_PER_BYTE)
     return {k: v for k, v in metrics.items() if k != TRAIN_LOSS}
 
 

@@ -1,0 +1,123 @@
+"""The evidence behind the report's suspect ranking, on records written here: numbers that a translation
+changes, answers that echo their question, corroboration counted as support (never as contradiction),
+and the training signals (loss per byte over the run, the end-of-sequence token's loss)."""
+
+import pytest
+
+from bonsai.data.anchors import number_mismatch, numbers
+from bonsai.data.checks import corroborations, find_contradictions, translation_number_mismatches
+from bonsai.data.records import Record
+from bonsai.data.textmetrics import echo_of, text_oddity
+from bonsai.observe.report import rejected_sides, score_records
+
+
+def _translation(rid, src, tgt, text, out):
+    return Record(rid, "Translate.", text, out, "translation", tgt, src)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Cats usually sleep for about 12 to 16 hours a day.", {12, 16}),
+    ("猫一天通常要睡12到16个小时。", {12, 16}),
+    ("猫は一日に１２～１６時間ほど眠ります。", {12, 16}),
+    ("中秋节在农历八月十五。", {8, 15}),
+    ("Thanksgiving falls on the fourth Thursday of November.", {4, 11}),
+    ("ベートーヴェンの交響曲第9番", {9}),
+    ("贝多芬的第九交响曲", {9}),
+    ("about 9.46 trillion kilometres", {9.46e12}),
+    ("約9兆4600億キロメートル", {9.46e12}),
+    ("二氧化碳和一样的鲸鱼", set()),  # numerals inside words, and one, count nothing
+])
+def test_numbers_read_the_same_in_every_language(text, expected):
+    assert numbers(text) == expected
+
+
+def test_a_translation_that_changes_a_number_is_named_and_faithful_ones_are_not():
+    records = [
+        _translation("faithful-1", "en", "zh", "Cats sleep 12 to 16 hours a day.", "猫每天睡12到16个小时。"),
+        _translation("faithful-2", "zh", "ja", "中秋节在农历八月十五。", "中秋節は旧暦の8月15日です。"),
+        _translation("faithful-3", "en", "ja", "Mozart was born in Salzburg.", "モーツァルトはザルツブルクで生まれました。"),
+        _translation("changed", "en", "ja", "Cats sleep 12 to 16 hours a day.", "猫は一日に8時間ほど眠ります。"),
+        _translation("dropped", "zh", "en", "中秋节在农历八月十五。", "The festival falls on the 15th day of the first month."),
+    ]
+    found = translation_number_mismatches(records)
+    assert set(found) == {"changed", "dropped"}
+    assert found["changed"] == "translation changes the numbers: input 12, 16, output 8"
+    assert number_mismatch("Mozart", "1756") == (frozenset(), frozenset())  # one side states none: no claim
+
+
+def test_an_answer_that_repeats_its_question_or_input_is_an_echo_and_a_rewrite_is_not():
+    assert echo_of("植物为什么需要阳光？", "植物为什么需要阳光？", "") == "instruction"
+    assert echo_of("Why do cats purr?", "Rewrite the question in other words.", "Why do cats purr?") == "input"
+    assert echo_of("What makes cats purr?", "Rewrite the question in other words.", "Why do cats purr?") is None
+    assert echo_of("台风和飓风之间的不同点是什么？", "请换一种说法改写这个问题。", "台风和飓风有什么区别？") is None
+    # A loop behind list numbers is still a loop; a list of different items is not.
+    assert text_oddity(" ".join(f"{i}. Star-shaped cookies" for i in range(1, 8))).startswith("output repeats")
+    assert text_oddity("1. Rockets 2. Star cookies 3. Planet piñata 4. Moon sand 5. Alien masks 6. Comet cake") is None
+
+
+def test_an_answer_a_translation_states_is_corroborated_not_borrowed():
+    """The seed's capitals set: the clean Japanese answer equals the output of the translation record made
+    from the same fact. That is support; the planted answer, which nothing states, is the suspect."""
+    ask = dict(instruction="日本の首都はどこですか？", input="", category="open_qa", lang="ja")
+    records = [
+        Record("clean", output="日本の首都は東京です。", **ask),
+        Record("planted", output="日本の首都は大阪です。", **ask),
+        _translation("translated", "en", "ja", "The capital of Japan is Tokyo.", "日本の首都は東京です。"),
+        Record("other-question", "大阪で有名な食べ物は？", "", "大阪はたこ焼きで有名です。", "open_qa", "ja"),
+    ]
+    contradictions = find_contradictions(records)
+    assert set(contradictions) == {"clean", "planted"}
+    assert "clean" not in rejected_sides(records, contradictions)
+    assert corroborations(records)["clean"] == ["translated"] and "planted" not in corroborations(records)
+    ranked = [row["id"] for row in score_records(records, {}, []) if row["why"]]
+    assert ranked.index("planted") < ranked.index("clean") if "clean" in ranked else ranked[0] == "planted"
+
+
+def _stats(category, lang, losses, eos, tokens=10):
+    return {"category": category, "lang": lang, "seen": len(losses), "loss_sum": sum(losses),
+            "loss_sq_sum": sum(x * x for x in losses), "last_loss": losses[-1], "ema_loss": losses[-1],
+            "eos_seen": len(eos), "eos_loss_sum": sum(eos), "tokens": tokens}
+
+
+def test_training_evidence_names_a_surprising_end_and_a_hard_record_and_support_halves_it():
+    """Loss per byte over the run and the EOS-token loss, each against the records of the category: the
+    record whose answer stops where answers do not (high EOS loss, ordinary loss) and the one the model
+    never learns are named, with the reason; the same training evidence against a record the data
+    corroborates counts half."""
+    records = [Record(f"r{i}", f"Question {i}?", "", f"A plain answer number {i} of the set.", "open_qa", "en")
+               for i in range(12)]
+    stats = {r.id: _stats("open_qa", "en", [1.0 + 0.01 * i, 0.5], [0.2 + 0.01 * i]) for i, r in enumerate(records)}
+    stats["r3"] = _stats("open_qa", "en", [1.03, 0.5], [4.0])  # cut off: its EOS surprises
+    stats["r7"] = _stats("open_qa", "en", [3.0, 2.5], [0.27])  # never learned
+    table = {row["id"]: row for row in score_records(records, stats, [])}
+    assert {i for i, row in table.items() if row["why"]} == {"r3", "r7"}
+    assert "end of sequence surprises" in table["r3"]["why"] and "bits/byte" in table["r7"]["why"]
+    corroborated = records + [_translation("t", "ja", "en", "ある答え。", records[7].output)]
+    supported = {row["id"]: row for row in score_records(corroborated, stats, [])}
+    assert supported["r7"]["corroborated_by"] == ["t"]
+    assert supported["r7"]["score"] == pytest.approx(table["r7"]["score"] / 2)
+
+
+def test_a_record_without_the_input_its_category_always_has_is_named():
+    from bonsai.data.checks import missing_inputs
+
+    passage = "The Rosetta Stone, found in 1799, carries one decree in three scripts."
+    records = [Record(f"c{i}", "According to the passage, when was the stone found?", passage, "In 1799.", "closed_qa", "en")
+               for i in range(12)]
+    records += [Record("bare", "According to the passage, when was the stone found?", "", "In 1799.", "closed_qa", "en")]
+    records += [Record(f"o{i}", f"Name a colour ({i}).", "", "Blue.", "open_qa", "en") for i in range(12)]
+    assert set(missing_inputs(records)) == {"bare"}  # open_qa never has one: nothing is missing there
+    assert missing_inputs(records)["bare"] == "no input, where 12 of 13 closed_qa records have one"
+    assert not missing_inputs(records[:5] + records[12:13])  # five records say too little about a category
+
+
+def test_an_answer_that_stops_mid_sentence_is_named_where_its_category_ends_sentences():
+    from bonsai.data.checks import unfinished_endings
+
+    prose = [Record(f"p{i}", f"Why is the sky blue ({i})?", "", "Blue light is scattered more than red light.",
+                    "open_qa", "en") for i in range(12)]
+    cut = Record("cut", "Why is the sky blue?", "", "Blue light is scattered more than red light, so", "open_qa", "en")
+    quoted = Record("quoted", "What did she say?", "", "She said, 「おはよう。」", "open_qa", "en")
+    lists = [Record(f"l{i}", f"Name some fruit ({i}).", "", "1. Apples 2. Pears 3. Plums", "brainstorming", "en")
+             for i in range(12)]
+    assert set(unfinished_endings(prose + [cut, quoted] + lists)) == {"cut"}  # lists never end a sentence
