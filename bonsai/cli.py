@@ -141,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
                     help="passed to sbatch as an #SBATCH line, e.g. --sbatch-arg=--account=ml (repeatable)")
     sb.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
+    sub.add_parser("env", help="versions, devices, DeepSpeed ops, W&B login and SLURM: paste it into a bug report",
+                   description="Prints a Markdown list; secrets are never shown, only whether they are set.")
     return parser
 
 
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train":
         return _train(args)
+    if args.command == "env":
+        return _env(args)
     if args.command == "report":
         return _report(args)
     if args.command == "init":
@@ -476,6 +480,13 @@ def _slurm(args) -> int:
         return 0
     print(f"submitted job {job.job_id}: {opts.nodes} node(s) x {opts.processes_per_node} process(es)\n"
           f"  script: {job.command[2]}\n  log:    {job.log}\n  watch:  squeue -j {job.job_id}; tail -f {job.log}")
+    return 0
+
+
+def _env(args) -> int:
+    from bonsai.env_report import report_text
+
+    print(report_text())
     return 0
 
 
