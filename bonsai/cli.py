@@ -230,18 +230,25 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _train(args) -> int:
-    """Errors a user can act on are one line (the traceback with --debug); anything else is a bug and
-    keeps its traceback."""
+def train_exit_codes() -> dict[type[Exception], int]:
+    """`bonsai train`'s exit code for each error a user can act on (docs/reference/exit-codes.md lists them)."""
     from bonsai.data.records import BadRecord
     from bonsai.data.stream import DataSourceError
     from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, ModelSourceError,
-                               RunDirLocked, TrainingUnstable, WorldSizeMismatch, error_line)
+                               RunDirLocked, TrainingUnstable, WorldSizeMismatch)
+
+    return {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
+            WorldSizeMismatch: 2, RunDirLocked: 2, ModelSourceError: 2, CheckpointWriteError: 5,
+            TrainingUnstable: 3, CollectiveFailure: 4}
+
+
+def _train(args) -> int:
+    """Errors a user can act on are one line (the traceback with --debug); anything else is a bug and
+    keeps its traceback."""
+    from bonsai.errors import error_line
     from bonsai.train.distributed import launcher_world_size
 
-    user_errors = {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
-                   WorldSizeMismatch: 2, RunDirLocked: 2, ModelSourceError: 2, CheckpointWriteError: 5,
-                   TrainingUnstable: 3, CollectiveFailure: 4}
+    user_errors = train_exit_codes()
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.check_world_size(launcher_world_size())
