@@ -109,9 +109,14 @@ COMMANDS = [(page, command) for page in PAGES for command in shell_commands((ROO
 
 
 def ran_before(index: int) -> str | None:
-    """The page that already runs this command (after substitution) earlier, if one does."""
-    command = as_run_here(COMMANDS[index][1])
-    return next((page for page, earlier in COMMANDS[:index] if command and as_run_here(earlier) == command), None)
+    """The page that already runs this command earlier, if one does (the same after substitution, its
+    trailing comment aside)."""
+    def bare(command: str) -> str | None:
+        command = as_run_here(command)
+        return command and re.sub(r"\s+#[^\"']*$", "", command)
+
+    command = bare(COMMANDS[index][1])
+    return next((page for page, earlier in COMMANDS[:index] if command and bare(earlier) == command), None)
 
 
 def test_the_pages_have_commands_and_every_skip_says_why():
