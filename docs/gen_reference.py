@@ -148,7 +148,9 @@ def _argument_row(action: argparse.Action) -> str:
     return f"| {_cell(name)} | {_cell(action.help or '')} | {_cell('; '.join(notes))} |\n"
 
 
-def _command_sections(parser: argparse.ArgumentParser, helps: dict[str, str]) -> list[str]:
+def _command_sections(parser: argparse.ArgumentParser, helps: dict[str, str], commands: list[str]) -> list[str]:
+    """A section per command, this one and those below it; `commands` gets their names, in order."""
+    commands.append(parser.prog)
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     out = [f"\n## `{parser.prog}`\n\n"]
     if parser.prog in helps:
@@ -164,15 +166,14 @@ def _command_sections(parser: argparse.ArgumentParser, helps: dict[str, str]) ->
         for choice in sub._choices_actions:
             helps[f"{parser.prog} {choice.dest}"] = choice.help
         for child in sub.choices.values():
-            out += _command_sections(child, helps)
+            out += _command_sections(child, helps, commands)
     return out
 
 
 def cli_page() -> str:
-    parser = cli._parser()
-    body = _command_sections(parser, {})
-    index = [f"- [`{line.strip()[4:-1]}`](#{line.strip()[4:-1].replace(' ', '-')})\n"
-             for line in body if line.startswith("\n## ") and " " in line.strip()[4:-1]]
+    commands: list[str] = []
+    body = _command_sections(cli._parser(), {}, commands)
+    index = [f"- [`{name}`](#{name.replace(' ', '-')})\n" for name in commands[1:]]  # anchors as MkDocs writes them
     return "".join([_header("bonsai/cli.py"), "# Commands\n\n",
                     "Every `bonsai` command and option, as `bonsai COMMAND --help` prints them. Config overrides "
                     "(`section.key=value`) may come before or after the options.\n\n", *index, *body])
