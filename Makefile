@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test docs clean
 
 setup: $(VENV)/.installed
 
@@ -25,5 +25,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# The reference pages are generated from the code (docs/gen_reference.py), then the site is built strictly:
+# a broken link, a missing anchor or a page left out of the navigation fails.
+docs: setup
+	$(BIN)/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs .cache
+	rm -rf runs .cache site

@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
                     help="passed to sbatch as an #SBATCH line, e.g. --sbatch-arg=--account=ml (repeatable)")
     sb.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command; submit nothing")
+    sub.add_parser("env", help="versions, devices, DeepSpeed ops, W&B login and SLURM: paste it into a bug report",
+                   description="Prints a Markdown list; secrets are never shown, only whether they are set.")
     return parser
 
 
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train":
         return _train(args)
+    if args.command == "env":
+        return _env(args)
     if args.command == "report":
         return _report(args)
     if args.command == "init":
@@ -230,19 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _train(args) -> int:
-    """Errors a user can act on are one line (the traceback with --debug); anything else is a bug and
-    keeps its traceback."""
+def train_exit_codes() -> dict[type[Exception], int]:
+    """`bonsai train`'s exit code for each error a user can act on (docs/reference/exit-codes.md lists them)."""
     from bonsai.data.records import BadRecord
     from bonsai.data.stream import DataSourceError
     from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, ModelSourceError,
-                               RunDirLocked, TrainingUnstable, UpdateNotApplied, WorldSizeMismatch,
-                               error_line)
+                               RunDirLocked, TrainingUnstable, UpdateNotApplied, WorldSizeMismatch)
+
+    return {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
+            WorldSizeMismatch: 2, RunDirLocked: 2, ModelSourceError: 2, CheckpointWriteError: 5,
+            TrainingUnstable: 3, UpdateNotApplied: 3, CollectiveFailure: 4}
+
+
+def _train(args) -> int:
+    """Errors a user can act on are one line (the traceback with --debug); anything else is a bug and
+    keeps its traceback."""
+    from bonsai.errors import error_line
     from bonsai.train.distributed import launcher_world_size
 
-    user_errors = {ConfigError: 2, DataSourceError: 2, DataError: 2, BadRecord: 2, CheckpointMismatch: 2,
-                   WorldSizeMismatch: 2, RunDirLocked: 2, ModelSourceError: 2, CheckpointWriteError: 5,
-                   TrainingUnstable: 3, UpdateNotApplied: 3, CollectiveFailure: 4}
+    user_errors = train_exit_codes()
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.check_world_size(launcher_world_size())
@@ -481,6 +491,13 @@ def _slurm(args) -> int:
         return 0
     print(f"submitted job {job.job_id}: {opts.nodes} node(s) x {opts.processes_per_node} process(es)\n"
           f"  script: {job.command[2]}\n  log:    {job.log}\n  watch:  squeue -j {job.job_id}; tail -f {job.log}")
+    return 0
+
+
+def _env(args) -> int:
+    from bonsai.env_report import report_text
+
+    print(report_text())
     return 0
 
 

@@ -24,17 +24,23 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Each field's docstring is its description: the config reference (docs/reference/config.md) is built from it.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
 
 
 class TinyPhiConfig(_Section):
     """Shape of the random-init Phi built for demos and tests (Phi-2's proportions, scaled down)."""
 
     hidden_size: int = Field(128, ge=8)
+    """Width of the model; must divide by num_attention_heads."""
     num_hidden_layers: int = Field(2, ge=1)
+    """Transformer blocks."""
     num_attention_heads: int = Field(4, ge=1)
+    """Attention heads per block."""
     vocab_size: int = Field(2048, ge=300)
+    """Size of the byte-level BPE tokenizer trained on the run's data."""
     max_position_embeddings: int = Field(2048, ge=16)
+    """Longest row the model can take (data.max_length must not exceed it)."""
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TinyPhiConfig:
@@ -46,22 +52,33 @@ class TinyPhiConfig(_Section):
 
 
 class LoraConfig(_Section):
+    """LoRA adapters (used when model.finetune is lora)."""
+
     r: int = Field(16, ge=1)
+    """Rank of each adapter."""
     alpha: float = Field(32, gt=0)
+    """Scale of the adapters' update (alpha / r)."""
     dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapters' input."""
     target_modules: list[str] = Field(default_factory=lambda: list(PHI_LORA_TARGETS), min_length=1)
+    """Module names that get an adapter; Phi-2's attention and MLP projections by default."""
 
 
 class ModelConfig(_Section):
+    """What is trained, and how it is scored."""
+
     name_or_path: str = Field(min_length=1)
     """A checkpoint directory, a hub id (e.g. microsoft/phi-2), or `tiny-phi`."""
     revision: str | None = None
+    """A branch, tag or commit of a hub id; null takes the default branch."""
     finetune: Literal["full", "lora"] = "full"
+    """full trains every weight; lora trains adapters on a frozen base (model.lora)."""
     lora: LoraConfig = LoraConfig()
     merge_lora_on_save: bool = False
+    """LoRA: also write the base with the adapter merged into RUN_DIR/model-merged (one shard at a time)."""
     template: Literal["bonsai", "phi2", "chatml"] = "bonsai"
     """The prompt format: bonsai (`### Category / Instruction / Input / Response`), phi2 (Phi-2's model card:
-    `Instruct: ...\nOutput:`), chatml (`<|im_start|>user ... <|im_start|>assistant`). Saved with the model
+    `Instruct: ... Output:`), chatml (ChatML's user and assistant turns, im_start to im_end). Saved with the model
     as the tokenizer's chat_template; generate and eval read it back."""
     attn_implementation: Literal["auto", "sdpa_varlen", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
     """auto: flash_attention_2 on CUDA with flash-attn installed, else sdpa_varlen (per-document sdpa). Those and
@@ -70,16 +87,21 @@ class ModelConfig(_Section):
     """Positions scored per chunk of the loss: logits exist for one chunk at a time (their gradients are
     taken in forward, nothing is recomputed). 0 computes the whole row's logits at once."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
     trust_remote_code: bool = False
+    """Run the model repository's own Python code; Phi-2 is native in transformers and needs none."""
     cache_dir: str = ".cache/bonsai"
     """Where `tiny-phi` and its tokenizer are built (keyed by their settings and the data)."""
     tiny: TinyPhiConfig = TinyPhiConfig()
 
 
 class DataConfig(_Section):
+    """The records trained on: where they are, how rows are built from them, what is held out."""
+
     path: str = Field(min_length=1)
     """A file, a directory or a glob of JSONL/Parquet shards; local or any fsspec URL."""
     max_length: int = Field(512, ge=16)
+    """Tokens per row; a longer record is a bad record (see on_bad_record)."""
     packing: bool = True
     """Pack several records per row (attention kept within each record); False pads one record per row."""
     pack_window: int = Field(1024, ge=0)
@@ -103,31 +125,48 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The optimisation: steps, batch, schedule, checkpoints."""
+
     output_dir: str = Field(min_length=1)
+    """The run directory: checkpoints, logs, the final model. Training again into it resumes."""
     seed: int = 42
+    """Seeds the weights' initialisation, dropout and the data order."""
     max_steps: int = Field(ge=1)
+    """Optimizer steps to train; may grow on resume to train on."""
     micro_batch_size: int = Field(ge=1)
+    """Rows per forward pass on each rank."""
     gradient_accumulation_steps: int | None = Field(None, ge=1)
+    """Micro-batches per rank per optimizer step; give this or global_batch_size (neither: 1)."""
     global_batch_size: int | None = Field(None, ge=1)
     """Rows per optimizer step over all ranks; give this or gradient_accumulation_steps."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast on a GPU that supports it, fp32 otherwise."""
     lr: float = Field(2e-5, gt=0)
+    """Peak learning rate of AdamW, reached after the warm-up."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """The cosine decay ends at lr x this at max_steps."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay, on weight matrices (2-D tensors) only, not on biases and norms."""
     adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's moment coefficients."""
     adam_eps: float = Field(1e-8, gt=0)
+    """AdamW's epsilon."""
     warmup_steps: int | None = Field(None, ge=0)
+    """Steps of linear warm-up before the cosine decay; give this or warmup_ratio; below max_steps."""
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    """Warm-up as a share of max_steps."""
     max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient's global norm to this; null does not clip."""
     checkpoint_every: int = Field(0, ge=0)
     """Steps between checkpoints; 0 saves only at the end."""
     keep_checkpoints: int = Field(2, ge=1)
+    """How many of the newest checkpoints are kept; older ones are deleted once a new one is complete."""
     save_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """dtype of the final model's weights (full, or merged LoRA): auto saves what the run computed in,
     bf16 under bf16 precision (half the disk; Phi-2 itself ships in half precision), fp32 otherwise.
     Checkpoints always keep the fp32 master weights. LoRA adapters are saved in fp32."""
     log_every: int = Field(1, ge=1)
+    """Steps between metric lines (a step with an instability event and the last step are always logged)."""
 
     @model_validator(mode="after")
     def _one_warmup_and_one_batch_rule(self) -> TrainConfig:
@@ -162,6 +201,8 @@ class TrainConfig(_Section):
 
 
 class DistributedConfig(_Section):
+    """How the processes work together."""
+
     timeout_s: float = Field(600.0, gt=0)
     """Longest wait in any collective before the run fails instead of hanging."""
     threads_per_process: int | None = Field(None, ge=1)
@@ -170,19 +211,29 @@ class DistributedConfig(_Section):
 
 
 class DecodeConfig(_Section):
+    """How probes are answered (the same settings as `bonsai generate`'s options)."""
+
     max_new_tokens: int = Field(96, ge=1)
+    """Answer length limit in tokens."""
     temperature: float = Field(0.0, ge=0)
     """0 decodes greedily (reproducible probes)."""
     top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling, with a temperature above 0."""
     repetition_penalty: float = Field(1.1, ge=1.0)
+    """Above 1 discourages repeating tokens; 1 is off."""
     no_repeat_ngram_size: int = Field(0, ge=0)
+    """Forbid repeating any n-gram of this size; 0 is off."""
     batch_size: int = Field(8, ge=1)
+    """Prompts generated together (left-padded)."""
 
 
 class EvalConfig(_Section):
+    """The held-out loss and the probe generations during training."""
+
     every_steps: int = Field(0, ge=0)
     """Steps between eval-loss passes; 0 evaluates only at the end (if there is an eval split)."""
     max_batches: int | None = Field(None, ge=1)
+    """Evaluate on at most this many batches of the eval split; null: all of it."""
     probes: str | None = "default"
     """A JSONL file of probe prompts (record schema; `output` is the reference and may be left out),
     `default` for the shipped set (every category and language), or null for none."""
@@ -192,19 +243,26 @@ class EvalConfig(_Section):
 
 
 class WandbConfig(_Section):
+    """Weights & Biases logging (rank 0 only)."""
+
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: WANDB_MODE when set; else online when WANDB_API_KEY is set, offline otherwise (sync later
     with `wandb sync`)."""
     project: str = "bonsai"
+    """The W&B project."""
     entity: str | None = None
+    """The W&B team or user; null: the logged-in user's default."""
     name: str | None = None
     """Defaults to the output_dir's name."""
     group: str | None = None
     """Defaults to `slurm-<job id>` under SLURM, else the output_dir's name: one group per launch or job."""
     tags: list[str] = Field(default_factory=list)
+    """Tags on the W&B run."""
 
 
 class LoggingConfig(_Section):
+    """Where the metrics go besides RUN_DIR/metrics.jsonl."""
+
     progress_bar: bool = True
     """Shown only when stderr is a terminal."""
     wandb: WandbConfig = WandbConfig()
@@ -220,6 +278,7 @@ class MonitorConfig(_Section):
     """Loss-instability detection. Needs the step's loss and grad norm on the host: one sync per step."""
 
     enabled: bool = True
+    """false removes the detector and its one host sync per step."""
     window: int = Field(64, ge=8)
     """Steps of history for the rolling median and MAD."""
     warmup_steps: int = Field(20, ge=0)
@@ -227,14 +286,19 @@ class MonitorConfig(_Section):
     loss_z: float = Field(6.0, gt=0)
     """A loss more than this many robust standard deviations above the rolling median is a spike."""
     grad_z: float = Field(6.0, gt=0)
+    """The same for the gradient norm."""
     trend_window: int = Field(100, ge=0)
     """Steps over which the loss must still be falling; 0 turns the trend check off."""
     on_loss_spike: Policy = "warn"
+    """warn logs the event; skip drops the step's update (not under DeepSpeed); rollback reloads the latest
+    checkpoint and goes on with the data after the step."""
     on_grad_spike: Policy = "warn"
+    """As on_loss_spike, for a gradient-norm spike."""
     on_nonfinite: Literal["auto", "skip", "rollback"] = "auto"
     """A non-finite loss or gradient never reaches the weights, so `warn` is not offered here. `auto`:
     `skip` under DDP, `rollback` under DeepSpeed (whose engine applies the update inside backward)."""
     max_rollbacks: int = Field(3, ge=0)
+    """Rollbacks allowed in one run; one more stops it with exit code 3."""
     divergence_ratio: float = Field(1.5, gt=1)
     """A loss above this many times the loss of a uniform guess over the vocabulary (ln V) is divergence: the
     model predicts worse than one that knows nothing. Checked from the first step, warm-up included."""
@@ -259,6 +323,8 @@ class MonitorConfig(_Section):
 
 
 class BonsaiConfig(_Section):
+    """A whole run's config: one YAML file, validated once at load."""
+
     model: ModelConfig
     data: DataConfig
     train: TrainConfig

@@ -1,10 +1,13 @@
-"""The README's commands, run as written, in order, in a scratch copy of the checkout: a README that
-drifts from the code turns this red.
+"""The commands of the README and of the documentation (docs/, in the order of the site's navigation),
+run as written, in order, in one scratch copy of the checkout: a page that drifts from the code turns
+this red.
 
 Every line of every ```bash block runs, except the ones SKIPPED names (with the reason and where that
-path is tested instead). A 2-core CPU without a GPU, a cluster or the network forces the substitutions in
-CPU_SUBSTITUTIONS, applied in order to each line; FIXTURES are the input files a command assumes the
-user already has. Both tables are the documentation of what differs from a GPU box."""
+path is tested instead), and a command that already ran earlier (the same command after substitution,
+e.g. `make demo` in the README and in Getting started). A 2-core CPU without a GPU, a cluster or the
+network forces the substitutions in CPU_SUBSTITUTIONS, applied in order to each line; FIXTURES are the
+input files a command assumes the user already has. Both tables are the documentation of what differs
+from a GPU box."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, subprocess_env
 
@@ -24,7 +28,7 @@ VENV = Path(sys.executable).parent.parent
 
 # (pattern, replacement, why). Applied to every command line, in this order.
 CPU_SUBSTITUTIONS = [
-    (r"^make demo\b", f"make demo VENV={VENV} -o {VENV}/.installed",
+    (r"^make (demo|docs)\b", rf"make \1 VENV={VENV} -o {VENV}/.installed",
      "use the venv this suite runs in, as it is: never reinstall it from the scratch copy"),
     (r"(?<![\w/])\.venv/", f"{VENV}/", "the same venv"),
     (r"accelerate launch (.*?)--num_processes \d+ ", r"accelerate launch \1", "2 cores: 2 processes (added below)"),
@@ -45,6 +49,8 @@ SKIPPED = [
     (r"local_cluster\.sh|^export SLURM_CONF|^squeue|^scancel|^tail -f|--procs-per-node 1 train\.max_steps=400",
      "needs root and SLURM daemons; tests/test_slurm.py runs exactly this sequence on a local two-node cluster"),
     (r"bench/|pip install", "benchmarks run for minutes; bench/RESULTS.md records their figures and commands"),
+    (r"WANDB_API_KEY=|^wandb (login|sync)\b",
+     "needs a W&B account and the network; runs here log offline, and tests/test_training.py reads that run back"),
 ]
 
 ALPACA = [{"instruction": f"Name a colour ({i}).", "input": "", "output": f"Blue is colour number {i}."} for i in range(20)]
@@ -52,15 +58,15 @@ DOLLY = [{"instruction": f"Write a joke about {i}.", "context": "", "response": 
           "category": "humor"} for i in range(20)]
 CHATS = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Count to {i}."},
                         {"role": "assistant", "content": f"One to {i}."}]} for i in range(20)]
-FIXTURES = {  # files the README's data commands assume the user has
+FIXTURES = {  # files the data commands (docs/how-to/your-data.md) assume the user has
     "alpaca_data.json": json.dumps(ALPACA),
     "dolly.jsonl": "".join(json.dumps(r) + "\n" for r in DOLLY),
     "chats.jsonl": "".join(json.dumps(r) + "\n" for r in CHATS),
 }
 
 
-def readme_commands(text: str) -> list[str]:
-    """Every command of the README's ```bash blocks; continuation lines joined, comment lines dropped."""
+def shell_commands(text: str) -> list[str]:
+    """Every command of a page's ```bash blocks; continuation lines joined, comment lines dropped."""
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
@@ -79,14 +85,47 @@ def as_run_here(command: str) -> str | None:
     return command
 
 
-COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+class _IgnoreTags(yaml.SafeLoader):
+    """mkdocs.yml's own tags (`!relative`) read as nothing: only its nav is wanted here."""
 
 
-def test_the_readme_has_commands_and_every_skip_says_why():
-    assert len(COMMANDS) > 20
-    ran = [c for c in COMMANDS if as_run_here(c) is not None]
-    assert len(ran) >= 15, "the README's training, data, generation and eval commands must run here"
-    assert COMMANDS[0].startswith("make demo") and COMMANDS[1].startswith("make test")
+_IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def doc_pages() -> list[str]:
+    """The README, then every page of the site in the order of its navigation (a reader's order)."""
+    def pages(nav) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        items = nav.values() if isinstance(nav, dict) else nav
+        return [page for item in items for page in pages(item)]
+
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_IgnoreTags)
+    return ["README.md", *(f"docs/{page}" for page in pages(config["nav"]))]
+
+
+PAGES = doc_pages()
+COMMANDS = [(page, command) for page in PAGES for command in shell_commands((ROOT / page).read_text(encoding="utf-8"))]
+
+
+def ran_before(index: int) -> str | None:
+    """The page that already runs this command earlier, if one does (the same after substitution, its
+    trailing comment aside)."""
+    def bare(command: str) -> str | None:
+        command = as_run_here(command)
+        return command and re.sub(r"\s+#[^\"']*$", "", command)
+
+    command = bare(COMMANDS[index][1])
+    return next((page for page, earlier in COMMANDS[:index] if command and bare(earlier) == command), None)
+
+
+def test_the_pages_have_commands_and_every_skip_says_why():
+    readme = [command for page, command in COMMANDS if page == "README.md"]
+    assert readme[0].startswith("make demo") and readme[1].startswith("make test")
+    assert {page for page, _ in COMMANDS} >= {"README.md", "docs/getting-started.md", "docs/how-to/your-data.md"}
+    assert len(COMMANDS) > 30
+    ran = [i for i, (_, command) in enumerate(COMMANDS) if as_run_here(command) is not None and not ran_before(i)]
+    assert len(ran) >= 20, "the training, data, generation, eval and export commands must run here"
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +143,14 @@ def scratch(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[c[:60] for c in COMMANDS])
-def test_readme_command_runs(scratch, index):
-    command = as_run_here(COMMANDS[index])
+@pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[f"{page}: {c[:50]}" for page, c in COMMANDS])
+def test_command_runs(scratch, index):
+    page, written = COMMANDS[index]
+    command = as_run_here(written)
     if command is None:
-        pytest.skip(next(why for pattern, why in SKIPPED if re.search(pattern, COMMANDS[index])))
+        pytest.skip(next(why for pattern, why in SKIPPED if re.search(pattern, written)))
+    if earlier := ran_before(index):
+        pytest.skip(f"ran already: {earlier} runs the same command earlier")
     env = subprocess_env() | {"PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(["bash", "-c", command], cwd=scratch, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, f"$ {command}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"

@@ -46,6 +46,8 @@ class Where:
 
 
 class BadRecord(ValueError):
+    """A record that fails validation; the message names its file, line and field."""
+
     def __init__(self, where: Where, field: str, reason: str, raw: Any = None):
         self.where, self.field, self.reason, self.raw = where, field, reason, raw
         super().__init__(f"{where}: field '{field}': {reason}")

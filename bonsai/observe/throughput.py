@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from bonsai import metric_keys as keys
 from bonsai.model.loading import count_parameters
 
 # Dense bf16 peak TFLOP/s (vendor figures, without sparsity).
@@ -39,10 +40,10 @@ def peak_flops_per_device(configured_tflops: float | None) -> float | None:
 
 def memory_metrics() -> dict[str, float]:
     if torch.cuda.is_available():
-        return {"memory/max_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
-                "memory/max_reserved_gb": torch.cuda.max_memory_reserved() / 2**30}
+        return {keys.MAX_ALLOCATED_GB: torch.cuda.max_memory_allocated() / 2**30,
+                keys.MAX_RESERVED_GB: torch.cuda.max_memory_reserved() / 2**30}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {"memory/max_rss_gb": peak_rss / (2**30 if sys.platform == "darwin" else 2**20)}
+    return {keys.MAX_RSS_GB: peak_rss / (2**30 if sys.platform == "darwin" else 2**20)}
 
 
 def _innermost(optimizer):
@@ -78,5 +79,5 @@ def training_state_bytes(model, optimizer, zero_stage: int, world_size: int) -> 
                 seen.add(p.data_ptr())
                 master += p.numel() * p.element_size()
     grads = trainable / world_size if zero_stage >= 2 else trainable
-    return {"memory/params_bytes": float(params), "memory/grads_bytes": float(grads),
-            "memory/optimizer_bytes": float(state), "memory/master_weights_bytes": float(master)}
+    return {keys.PARAMS_BYTES: float(params), keys.GRADS_BYTES: float(grads),
+            keys.OPTIMIZER_BYTES: float(state), keys.MASTER_WEIGHTS_BYTES: float(master)}

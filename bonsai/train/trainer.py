@@ -409,8 +409,8 @@ class Trainer:
             keys.TOKENS_SEEN: state.tokens_seen,
             keys.TARGET_TOKENS_SEEN: state.target_tokens_seen,
             keys.SKIPPED: int(outcome.action == "skip"),
-            "data/epoch": self.rows.position.epoch,
-            "data/taken": self.rows.position.taken,
+            keys.DATA_EPOCH: self.rows.position.epoch,
+            keys.DATA_TAKEN: self.rows.position.taken,
             **train_breakdown(self.dist, stats),
         }
         outcome.metrics.update(self.callbacks.step_metrics(outcome))
