@@ -32,7 +32,7 @@ from data_pipeline import write_dataset
 
 from bonsai.config import DataConfig
 from bonsai.data.stream import StreamPosition, list_shards, rank_items
-from bonsai.train.checkpoint import MANIFEST, STATE_FILE, latest_checkpoint
+from bonsai.train.resume.checkpoint import MANIFEST, STATE_FILE, latest_checkpoint
 
 
 def launch(cfg: dict, work: Path, procs: int) -> subprocess.Popen:

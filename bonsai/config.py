@@ -161,6 +161,11 @@ class TrainConfig(_Section):
     """Steps between checkpoints; 0 saves only at the end."""
     keep_checkpoints: int = Field(2, ge=1)
     """How many of the newest checkpoints are kept; older ones are deleted once a new one is complete."""
+    async_checkpoint: bool = False
+    """FSDP2 only: a periodic checkpoint's shards are copied to host memory and written by a background
+    thread while training goes on; the checkpoint appears (renamed from its temporary name) once the write
+    is done, at the latest before the next checkpoint. The final checkpoint and one on a stop request are
+    written in the foreground."""
     save_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """dtype of the final model's weights (full, or merged LoRA): auto saves what the run computed in,
     bf16 under bf16 precision (half the disk; Phi-2 itself ships in half precision), fp32 otherwise.
@@ -309,17 +314,18 @@ class MonitorConfig(_Section):
     """This many updates skipped in a row (non-finite steps, or spikes under `skip`) stop the run: it is not
     recovering."""
 
-    def for_strategy(self, deepspeed: bool) -> MonitorConfig:
-        """This config with `auto` resolved; an explicit `skip` under DeepSpeed is refused, not rewritten."""
+    def for_strategy(self, updates_in_backward: bool) -> MonitorConfig:
+        """This config with `auto` resolved; an explicit `skip` under a strategy that applies the update
+        inside backward (DeepSpeed) is refused, not rewritten."""
         skips = [k for k in ("on_loss_spike", "on_grad_spike", "on_nonfinite") if getattr(self, k) == "skip"]
-        if deepspeed and self.enabled and skips:
+        if updates_in_backward and self.enabled and skips:
             # The DeepSpeed engine reduces, clips and steps inside the last backward: there is no point
             # between gradients and update where Bonsai could drop the step.
             raise ConfigError(f"monitor.{skips[0]}=skip is not available under DeepSpeed (the engine applies the "
                               f"update inside backward); use rollback or warn, e.g. monitor.{skips[0]}=rollback")
         if self.on_nonfinite != "auto":
             return self
-        return self.model_copy(update={"on_nonfinite": "rollback" if deepspeed else "skip"})
+        return self.model_copy(update={"on_nonfinite": "rollback" if updates_in_backward else "skip"})
 
 
 class BonsaiConfig(_Section):
@@ -461,9 +467,9 @@ def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
 # What may differ from the checkpoint's config when a run resumes: how long it goes, how it is watched,
 # logged and checkpointed. Anything else (lr, batch, data, model, precision, ...) would either be
 # silently overridden by the saved optimizer and scheduler state or make the run two different runs.
-# The micro-batch may change: the checkpoint's global batch is kept (bonsai.train.resize).
+# The micro-batch may change: the checkpoint's global batch is kept (bonsai.train.resume.resize).
 MAY_CHANGE_ON_RESUME = ("train.max_steps", "train.micro_batch_size", "train.checkpoint_every",
-                        "train.keep_checkpoints", "train.log_every", "data.on_change",
+                        "train.keep_checkpoints", "train.async_checkpoint", "train.log_every", "data.on_change",
                         "eval.", "logging.", "distributed.", "monitor.", "model.cache_dir")
 
 

@@ -9,7 +9,8 @@ class DataError(ValueError):
 
 
 class TrainingUnstable(RuntimeError):
-    """The monitor asked for more rollbacks than monitor.max_rollbacks allows."""
+    """The run went wrong and cannot go on: the loss diverged, updates were skipped too often in a row, or
+    more rollbacks were needed than monitor.max_rollbacks allows. The message names the last healthy checkpoint."""
 
 
 class UpdateNotApplied(RuntimeError):

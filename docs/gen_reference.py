@@ -27,7 +27,7 @@ os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to the terminal: fix
 
 from bonsai import cli, metric_keys  # noqa: E402  (after the path and width are set)
 from bonsai.config import MAY_CHANGE_ON_RESUME, BonsaiConfig  # noqa: E402
-from bonsai.train import preemption  # noqa: E402
+from bonsai.train.resume import preemption  # noqa: E402
 
 
 def _header(source: str) -> str:
@@ -222,7 +222,7 @@ def exit_codes_page() -> str:
                      "resumes"),
             (preemption.EXIT_INTERRUPTED, "Ctrl-C: the same, after the step; a second Ctrl-C aborts at once"),
             *((code, f"`{kind.__name__}`: {kind.__doc__}") for kind, code in errors)]
-    lines = [_header("bonsai/cli.py (train_exit_codes) and bonsai/train/preemption.py"), "# Exit codes\n\n",
+    lines = [_header("bonsai/cli.py (train_exit_codes) and bonsai/train/resume/preemption.py"), "# Exit codes\n\n",
              "## `bonsai train`, run directly\n\n", "| code | outcome |\n|---|---|\n",
              *(f"| {code} | {_cell(text)} |\n" for code, text in sorted(rows, key=lambda row: row[0]))]
     lines += ["\nAn error you can fix is one line, `bonsai: error: ...`; `--debug` adds the traceback.\n\n",

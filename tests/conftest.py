@@ -195,6 +195,15 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model",
                                                         exclude_frozen_parameters=True)
+    if (checkpoint / "dcp").is_dir():  # FSDP2: DCP's own converter joins the ranks' shards
+        import tempfile
+
+        import torch
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(str(checkpoint / "dcp"), f"{tmp}/whole.pt")
+            return torch.load(f"{tmp}/whole.pt", weights_only=True)["model"]
     from safetensors.torch import load_file
 
     return load_file(checkpoint / "model.safetensors")

@@ -7,18 +7,21 @@ import torch
 from accelerate import Accelerator
 
 from bonsai.errors import CheckpointMismatch
-from bonsai.train.checkpoint import (TMP_PREFIX, TrainerState, checkpoints_dir, latest_checkpoint,
+from bonsai.train.resume.checkpoint import (TMP_PREFIX, TrainerState, checkpoints_dir, latest_checkpoint,
                                list_checkpoints, load_checkpoint, save_checkpoint)
 from bonsai.config import config_from_dict
 from bonsai.train.distributed import Dist
-from bonsai.train.reshard import needs_reshard
-from bonsai.train.resize import resume_accumulation
+from bonsai.train.strategies.ddp import DdpStrategy
+from bonsai.train.resume.reshard import needs_reshard
+from bonsai.train.strategies.base import Layout
+from bonsai.train.resume.resize import resume_accumulation
 from conftest import base_config
 
 
 @pytest.fixture(scope="module")
 def dist():
-    return Dist(Accelerator(cpu=True))
+    accelerator = Accelerator(cpu=True)
+    return Dist(accelerator, DdpStrategy(accelerator))
 
 
 def _setup(dist):
@@ -81,16 +84,22 @@ def test_another_world_size_keeps_the_global_batch_under_ddp(tmp_path):
 
 
 def test_what_is_resharded_and_what_loads_as_it_is():
-    def reshard(saved_world, saved_stage, world, stage, saved_offload=False, offload=False):
-        saved = TrainerState(world_size=saved_world, zero_stage=saved_stage, offload=saved_offload)
-        return needs_reshard(saved, world, stage, offload)
+    ddp, zero3, zero3_off, zero2, fsdp2 = (Layout("ddp"), Layout("zero", 3), Layout("zero", 3, True), Layout("zero", 2),
+                                          Layout("fsdp2"))
 
-    assert not reshard(2, 0, 1, 0)  # DDP files are whole: loaded as they are on any number of processes
-    assert not reshard(2, 3, 2, 3) and not reshard(2, 3, 2, 3, True, True)
-    assert reshard(2, 3, 1, 3) and reshard(2, 2, 4, 2)  # ZeRO partitions for another number of ranks
-    assert reshard(2, 3, 2, 0) and reshard(2, 0, 2, 1) and reshard(2, 1, 2, 2)  # another strategy
-    assert reshard(2, 3, 2, 3, False, True)  # offload swaps AdamW for DeepSpeedCPUAdam
-    assert not reshard(2, None, 2, 3) and not reshard(2, 3, 2, 3, None, True)  # not recorded: as before
+    def reshard(saved_world, saved, world, layout):
+        return needs_reshard(TrainerState(world_size=saved_world, layout=saved.to_dict()), world, layout)
+
+    assert not reshard(2, ddp, 1, ddp)  # DDP files are whole: loaded as they are on any number of processes
+    assert not reshard(2, fsdp2, 3, fsdp2)  # a distributed checkpoint reshards on load by itself
+    assert not reshard(2, zero3, 2, zero3) and not reshard(2, zero3_off, 2, zero3_off)
+    assert reshard(2, zero3, 1, zero3) and reshard(2, zero2, 4, zero2)  # ZeRO partitions for another count
+    assert reshard(2, zero3, 2, ddp) and reshard(2, ddp, 2, zero2) and reshard(2, fsdp2, 2, ddp)  # another strategy
+    assert reshard(2, zero3, 2, zero3_off)  # offload swaps AdamW for DeepSpeedCPUAdam
+    # Older checkpoints recorded only a ZeRO stage; none at all: loaded as before (resize refuses a change).
+    assert not needs_reshard(TrainerState(world_size=2, zero_stage=3), 2, zero3)
+    assert needs_reshard(TrainerState(world_size=2, zero_stage=0), 2, zero3)
+    assert not needs_reshard(TrainerState(world_size=2), 2, zero3)
 
 
 def test_a_layout_that_cannot_resume_is_refused_with_the_options(tmp_path):

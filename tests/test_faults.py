@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from bonsai.train.checkpoint import find_checkpoint
+from bonsai.train.resume.checkpoint import find_checkpoint
 from conftest import ROOT, base_config, losses, run_train, sample_records, subprocess_env, train_command, write_config, wait_for_step
 
 
@@ -213,3 +213,13 @@ def test_user_mistakes_are_one_line_before_any_heavy_work_and_debug_shows_the_tr
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"train.output_dir {readonly / 'run'}: cannot write there (Read-only file system)" in proc.stderr
     assert "data:" not in proc.stdout  # refused before the data scan and the model load
+
+
+def test_a_background_checkpoint_under_a_strategy_that_cannot_is_one_line(tmp_path, model_cache):
+    """train.async_checkpoint is FSDP2's (DCP's background write); a DDP run refuses it before the model loads."""
+    cfg = base_config(tmp_path / "run", model_cache)
+    cfg["train"]["async_checkpoint"] = True
+    proc = run_train(write_config(tmp_path / "async.yaml", cfg), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "train.async_checkpoint=true: under DDP checkpoints are written in the foreground" in proc.stderr
+    assert "model:" not in proc.stdout

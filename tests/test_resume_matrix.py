@@ -28,13 +28,14 @@ import pytest
 from conftest import (WINDOW, assert_each_record_once_per_epoch, assert_keeps_learning, assert_optimizer_stepped,
                       base_config, run_train, sample_records, step_rows, write_config)
 
-LAYOUT = {None: "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "zero3_offload": "ZeRO-3 (optimizer offload)"}
+LAYOUT = {None: "DDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "zero3_offload": "ZeRO-3 (optimizer offload)",
+          "fsdp2": "FSDP2"}
 GLOBAL_BATCH = 12
 STEPS = 15
 
 # (nproc, micro_batch_size, launch file) of each source run; every one has GLOBAL_BATCH rows a step.
 SOURCES = {"ddp2": (2, 3, None), "one": (1, 4, None), "zero3": (2, 3, "zero3"), "lora_zero3": (2, 3, "zero3"),
-           "lora_dropout": (1, 4, None)}
+           "lora_dropout": (1, 4, None), "fsdp2": (2, 3, "fsdp2")}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ CASES = {
     "ddp_to_zero3": Case("ddp2", 5, 2, 3, "zero3", True, "a moment dropped in resharding"),
     "zero3_to_ddp1": Case("zero3", 5, 1, 3, None, False, "Accelerate's micro-step counter restored"),
     "lora_zero3_to_offload": Case("lora_zero3", 5, 2, 3, "zero3_offload", True, "a moment dropped in resharding"),
+    "fsdp2_2to2": Case("fsdp2", 5, 2, 3, "fsdp2", True, "a background write of weights that moved on"),
+    "fsdp2_2to3": Case("fsdp2", 5, 3, 2, "fsdp2", False, "the config's accumulation kept after a resize"),
+    "fsdp2_to_ddp1": Case("fsdp2", 5, 1, 3, None, False, "a moment dropped in resharding"),
+    "ddp_to_fsdp2": Case("ddp2", 5, 2, 3, "fsdp2", True, "a moment dropped in resharding"),
+    "fsdp2_to_zero3": Case("fsdp2", 5, 2, 3, "zero3", True, "a moment dropped in resharding"),
 }
 
 
@@ -71,6 +77,8 @@ def source_config(tmp: Path, cache: Path, name: str) -> Path:
         dropout = 0.1 if name == "lora_dropout" else 0.0  # something random after the resume: the RNG matters
         cfg["model"].update(finetune="lora", lora={"r": 8, "alpha": 16, "dropout": dropout})
         cfg["train"]["lr"] = 3e-3  # bench/resume_noise.py --lora: the tiny random base learns most at this rate
+    # FSDP2 writes its checkpoints in the background: each case resumes from one of them.
+    cfg["train"]["async_checkpoint"] = name == "fsdp2"
     cfg["eval"] = {"every_steps": 0, "probes": None}
     cfg["logging"]["wandb"] = {"mode": "disabled"}
     return write_config(tmp / f"{name}.yaml", cfg)
@@ -120,7 +128,10 @@ def test_a_resumed_run_keeps_learning(name, sources):
     config, source = sources(case.source)
     run_dir = source.with_suffix("")
     preempted_copy(source, run_dir, case.resume_at)
-    resumed = run_train(config, [f"train.micro_batch_size={case.micro}"], nproc=case.nproc, launch=case.launch)
+    overrides = [f"train.micro_batch_size={case.micro}"]
+    if case.launch != "fsdp2":
+        overrides.append("train.async_checkpoint=false")  # FSDP2's alone
+    resumed = run_train(config, overrides, nproc=case.nproc, launch=case.launch)
     assert f"resumed from {run_dir / 'checkpoints' / f'step_{case.resume_at:08d}'}" in resumed.stdout
     source_launch = SOURCES[case.source][2]
     if case.launch != source_launch:  # another strategy: the checkpoint itself was resharded

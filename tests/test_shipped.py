@@ -1,4 +1,4 @@
-"""Every file a user is given runs as shipped: each launch/*.yaml with each configs/*.yaml, on CPU
+"""Every file a user is given runs as shipped: each launch/*.yaml and each configs/*.yaml (RUNS), on CPU
 processes over gloo, exactly as `accelerate launch --config_file launch/X.yaml --num_processes 2 -m
 bonsai.cli train configs/Y.yaml` (only the process count and a free port on the command line).
 
@@ -29,8 +29,16 @@ from conftest import LAUNCH_TIMEOUT_S, ROOT, free_port, losses, subprocess_env, 
 # checkpoints, evaluates, probes and saves under every launch file, and the same optimizer groups.
 STEPS = {"demo": 12, "phi2_full": 4, "phi2_lora": 4}
 MAX_LENGTH = 128
-LAUNCHES = ["single_gpu", "ddp", "zero1", "zero2", "zero3", "zero3_offload", "multi_node_zero3"]
+LAUNCHES = ["single_gpu", "ddp", "zero1", "zero2", "zero3", "zero3_offload", "multi_node_zero3", "fsdp2",
+            "multi_node_fsdp2"]
 CONFIGS = ["demo", "phi2_full", "phi2_lora"]
+# Every launch file with the demo config (the equivalence to DDP, weight decay included, on each); every
+# config on DDP and on each sharded strategy's family (ZeRO-2, ZeRO-3 and its offload optimizer, FSDP2),
+# where the Phi-2 configs' own settings meet them: phi2_full's decay 0.1 and global batch, phi2_lora's
+# adapters and gradient checkpointing. The rest of the product repeats these runs' code paths.
+RUNS = ([("demo", launch) for launch in LAUNCHES]
+        + [("phi2_full", launch) for launch in ("ddp", "zero2", "zero3", "zero3_offload", "fsdp2")]
+        + [("phi2_lora", launch) for launch in ("ddp", "zero3", "fsdp2")])
 # Same data, seed and fp32 arithmetic: the strategies differ only in the order gradients are summed.
 # Seen: ~1e-6 after 12 Adam steps; a lost micro-batch or a wrong scale moves the loss by >1e-3.
 LOSS_TOL = 1e-5
@@ -39,6 +47,7 @@ LOSS_TOL = 1e-5
 def test_the_matrix_covers_every_shipped_file():
     assert sorted(p.stem for p in (ROOT / "launch").glob("*.yaml")) == sorted(LAUNCHES)
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")) == sorted(CONFIGS)
+    assert {launch for _, launch in RUNS} == set(LAUNCHES) and {config for config, _ in RUNS} == set(CONFIGS)
 
 
 def test_launch_files_leave_precision_to_the_bonsai_config():
@@ -61,13 +70,13 @@ def cpu_cut(config: str, run_dir: Path, model_cache: Path) -> dict:
 
 
 def launch_commands(launch: str, config: Path) -> list[list[str]]:
-    """The user's command; for multi_node_zero3, one per machine rank (two "machines" on localhost)."""
+    """The user's command; for a multi-node file, one per machine rank (two "machines" on localhost)."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / f"{launch}.yaml")]
     train = ["-m", "bonsai.cli", "train", str(config)]
     port = str(free_port())
     if launch == "single_gpu":
         return [[*accelerate, "--main_process_port", port, *train]]
-    if launch == "multi_node_zero3":
+    if launch.startswith("multi_node"):
         return [[*accelerate, "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                  "--main_process_port", port, *train] for rank in (0, 1)]
     return [[*accelerate, "--num_processes", "2", "--main_process_port", port, *train]]
@@ -101,8 +110,7 @@ def shipped_run(tmp_path_factory, model_cache):
     return run
 
 
-@pytest.mark.parametrize("launch", LAUNCHES)
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize(("config", "launch"), RUNS)
 def test_shipped_config_runs_on_shipped_launch_file(shipped_run, config, launch):
     run_dir, output = shipped_run(config, launch)
     processes = 1 if launch == "single_gpu" else 2
@@ -148,56 +156,63 @@ def _assert_same_weights(shipped_run, config: str, launches: list[str]) -> None:
             torch.testing.assert_close(weights[key], tensor, rtol=1e-3, atol=1e-3)
 
 
-TWO_PROCESS = [name for name in LAUNCHES if name not in ("single_gpu", "ddp")]
+def sharded(config: str) -> list[str]:
+    """The config's runs on two processes other than DDP's."""
+    return [launch for c, launch in RUNS if c == config and launch not in ("single_gpu", "ddp")]
 
 
 def test_every_zero_stage_trains_the_full_configs_as_ddp_does_weight_decay_included(shipped_run):
-    """phi2_full.yaml (weight decay 0.1, clipping 1.0, warm-up ratio, global batch 64) and demo.yaml
+    """Every ZeRO stage and FSDP2. phi2_full.yaml (weight decay 0.1, clipping 1.0, warm-up ratio, global batch 64) and demo.yaml
     (decay 0.01). Before the fix ZeRO-3's parameter groups saw its empty 1-D placeholders and decayed
     nothing; at phi2_full's lr of 1e-5 that hides in the loss, hence the optimizer line and the demo."""
     for config in ("phi2_full", "demo"):
-        _assert_same_training(shipped_run, config, TWO_PROCESS)
-        _assert_same_weights(shipped_run, config, TWO_PROCESS)
+        _assert_same_training(shipped_run, config, sharded(config))
+        _assert_same_weights(shipped_run, config, sharded(config))
 
 
 def test_every_zero_stage_trains_phi2_lora_as_ddp_does(shipped_run):
-    _assert_same_training(shipped_run, "phi2_lora", TWO_PROCESS)
+    """FSDP2 included: its adapters are gathered whole from the shards."""
+    _assert_same_training(shipped_run, "phi2_lora", sharded("phi2_lora"))
     reference = load_file(shipped_run("phi2_lora", "ddp")[0] / "model" / "adapter_model.safetensors")
-    adapter = load_file(shipped_run("phi2_lora", "zero3")[0] / "model" / "adapter_model.safetensors")
-    assert adapter.keys() == reference.keys() and len(adapter) == 2 * 2 * 6  # A and B, 2 layers, 6 modules
-    for key, tensor in reference.items():
-        assert adapter[key].shape == tensor.shape and adapter[key].numel() > 0, key  # the known empty-adapter bug
-        torch.testing.assert_close(adapter[key], tensor, rtol=1e-3, atol=1e-3)
+    for launch in ("zero3", "fsdp2"):
+        adapter = load_file(shipped_run("phi2_lora", launch)[0] / "model" / "adapter_model.safetensors")
+        assert adapter.keys() == reference.keys() and len(adapter) == 2 * 2 * 6  # A and B, 2 layers, 6 modules
+        for key, tensor in reference.items():
+            assert adapter[key].shape == tensor.shape and adapter[key].numel() > 0, key  # the empty-adapter bug
+            torch.testing.assert_close(adapter[key], tensor, rtol=1e-3, atol=1e-3)
 
 
-def test_zero_memory_per_rank_and_export_of_a_zero3_checkpoint(shipped_run, tmp_path):
-    """Measured after the first update: ZeRO-2 halves the optimizer state over 2 ranks, ZeRO-3 halves
-    parameters and optimizer state together (partition padding: within 10%). `bonsai export`
-    consolidates the final ZeRO-3 checkpoint into a model with the trained logits."""
+def test_sharded_memory_per_rank_and_export_of_sharded_checkpoints(shipped_run, tmp_path):
+    """Measured after the first update: ZeRO-2 halves the optimizer state over 2 ranks, ZeRO-3 and FSDP2
+    halve parameters and optimizer state together (partition padding: within 10%). `bonsai export`
+    consolidates the final ZeRO-3 and FSDP2 checkpoints into models with the trained logits."""
     def mem(launch):
         rows = (json.loads(line) for line in (shipped_run("phi2_full", launch)[0] / "metrics.jsonl").read_text().splitlines())
         return next(r for r in rows if "memory/params_bytes" in r)
 
-    ddp, zero2, zero3 = mem("ddp"), mem("zero2"), mem("zero3")
+    ddp, zero2, zero3, fsdp2 = mem("ddp"), mem("zero2"), mem("zero3"), mem("fsdp2")
     ratio = lambda m, *keys: sum(m[f"memory/{k}_bytes"] for k in keys) / sum(ddp[f"memory/{k}_bytes"] for k in keys)
     assert ratio(zero2, "optimizer") == pytest.approx(0.5, rel=0.1)
     assert ratio(zero2, "params") == pytest.approx(1.0, rel=0.01)
     assert ratio(zero3, "params", "optimizer") == pytest.approx(0.5, rel=0.1)
+    assert ratio(fsdp2, "params", "optimizer") == pytest.approx(0.5, rel=0.1)
     assert ddp["memory/master_weights_bytes"] == 0
 
     from transformers import AutoModelForCausalLM
 
-    run_dir = shipped_run("phi2_full", "zero3")[0]
-    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
-    assert list(final.glob("pytorch_model/*optim_states.pt"))  # per-rank ZeRO state
-    proc = subprocess.run([sys.executable, "-m", "bonsai.cli", "export", str(final), "--out", str(tmp_path / "exported")],
-                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
-    trained = AutoModelForCausalLM.from_pretrained(run_dir / "model")
-    ids = torch.randint(0, 500, (2, 32))
-    with torch.no_grad():
-        torch.testing.assert_close(exported(ids).logits, trained(ids).logits, rtol=0, atol=1e-6)
+    for launch, sharded in (("zero3", "pytorch_model/*optim_states.pt"), ("fsdp2", "dcp/*.distcp")):
+        run_dir = shipped_run("phi2_full", launch)[0]
+        final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+        assert len(list(final.glob(sharded))) == 2  # each rank wrote its own part
+        out = tmp_path / f"exported-{launch}"
+        proc = subprocess.run([sys.executable, "-m", "bonsai.cli", "export", str(final), "--out", str(out)],
+                              cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        exported = AutoModelForCausalLM.from_pretrained(out)
+        trained = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+        ids = torch.randint(0, 500, (2, 32))
+        with torch.no_grad():
+            torch.testing.assert_close(exported(ids).logits, trained(ids).logits, rtol=0, atol=1e-6)
 
     # LoRA: the export consolidates only the adapters (not a second copy of the frozen base) and merges
     # them shard by shard; both equal what the run itself saved.

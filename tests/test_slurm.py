@@ -202,12 +202,14 @@ def test_a_dead_task_fails_the_job_with_a_clear_line(slurm, tmp_path, model_cach
     assert not _pids_of(job_id, rank=0), "rank 0 outlived its job"
 
 
-@pytest.mark.parametrize("launch", [None, "launch/multi_node_zero3.yaml"])
+# ZeRO-3 partitions resharded 2 -> 1 process: tests/test_resume_matrix.py (zero3_to_ddp1), the same path
+# without SLURM around it; here the sharded side is FSDP2's distributed checkpoint.
+@pytest.mark.parametrize("launch", [None, "launch/multi_node_fsdp2.yaml"])
 def test_preempted_on_two_nodes_resumes_on_one(slurm, reference, tmp_path, model_cache, launch):
     """The cluster gives back fewer nodes than the job had: the job stops on 2 nodes (not requeued, as
     after its last allowed restart) and the same config, resubmitted on 1 node, finishes the run with
-    every step once, every record once per epoch, and one W&B run. Under the shipped multi-node ZeRO-3
-    launch file the 2 nodes' partitions are resharded for the one plain process."""
+    every step once, every record once per epoch, and one W&B run. Under the shipped multi-node FSDP2
+    launch file the 2 nodes' distributed checkpoint is resharded for the one plain process."""
     run_dir = tmp_path / "shrunk"
     config = _config(tmp_path, model_cache, "shrunk")
     first = _submit(slurm, config, 2, 1, "--max-restarts", "0", *(("--launch", launch) if launch else ()))
@@ -223,7 +225,7 @@ def test_preempted_on_two_nodes_resumes_on_one(slurm, reference, tmp_path, model
     log = _log(run_dir, second)
     assert "resuming a 2-process checkpoint on 1: global batch 4 kept (1 x micro-batch 2 x accumulation 2)" in log, log[-6000:]
     assert f"resumed from {stopped['checkpoint']} at step {stopped['step']}" in log
-    assert ("from ZeRO-3 on 2 process(es) to DDP on 1 process(es)" in log) == bool(launch), log[-6000:]
+    assert ("from FSDP2 on 2 process(es) to DDP on 1 process(es)" in log) == bool(launch), log[-6000:]
     steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, STEPS + 1))
     assert_each_record_once_per_epoch(run_dir)

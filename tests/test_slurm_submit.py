@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bonsai.config import ConfigError, load_config
-from bonsai.train.preemption import STOPPED_FILE, StopRequest, deadline_reached
+from bonsai.train.resume.preemption import STOPPED_FILE, StopRequest, deadline_reached
 from bonsai.cluster.slurm import PORT_BASE, PORT_SPAN, SubmitOptions, check_options, job_port, time_limit_seconds
 from conftest import ROOT, base_config, run_train, write_config
 

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from bonsai.errors import UpdateNotApplied
-from bonsai.train.step import start_at_boundary
+from bonsai.train.strategies.accelerated import start_at_boundary
 from bonsai.train.update_guard import UpdateGuard
 
 

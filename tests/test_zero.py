@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from bonsai.config import ConfigError, config_from_dict
-from bonsai.train.deepspeed import fill_deepspeed_config
+from bonsai.train.strategies.deepspeed_config import fill_deepspeed_config
 from conftest import ROOT, base_config, losses, run_train, write_config
 
 STEPS = 10

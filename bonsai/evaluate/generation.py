@@ -79,7 +79,9 @@ def _generation(tokenizer, new_tokens: list[int], template: PromptTemplate) -> G
 
 
 @torch.no_grad()
-def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> list[Generation]:
+def generate(model, tokenizer, records: list[Record], decode: DecodeConfig, synced: bool = False) -> list[Generation]:
+    """`synced`: the weights are sharded over the ranks (ZeRO-3, FSDP2), so every rank must run every forward
+    until all are done (transformers' synced_gpus), and call this with as many batches."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -100,6 +102,7 @@ def generate(model, tokenizer, records: list[Record], decode: DecodeConfig) -> l
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
+            synced_gpus=synced,
         )[:, ids.shape[1] :]
         outputs += [_generation(tokenizer, row.tolist(), template) for row in new]
     if was_training:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from bonsai.config import ModelConfig
 from bonsai.errors import ModelSourceError
@@ -36,11 +35,12 @@ def load_tokenizer(checkpoint: str, cfg: ModelConfig):
 
 
 def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, device_type: str = "cpu",
-               main_process: bool = True):
-    """Under ZeRO-3 with a model that is built partitioned, every rank calls this; `main_process` is the
-    one that reads the weights (rank 0)."""
+               main_process: bool = True, partitioned: bool = False):
+    """`partitioned`: the strategy builds the model partitioned as it is created (DeepSpeed ZeRO-3, whose
+    config transformers then sees): every rank calls this, and `main_process` (rank 0) reads the weights,
+    one tensor at a time."""
     attention = resolve_attention(cfg.attn_implementation, device_type)
-    directory = _local_safetensors_dir(checkpoint, cfg.revision) if is_deepspeed_zero3_enabled() else None
+    directory = _local_safetensors_dir(checkpoint, cfg.revision) if partitioned else None
     if directory is not None:
         model = load_zero3_streamed(directory, main_process, dtype=weights_dtype, attn_implementation=attention,
                                     trust_remote_code=cfg.trust_remote_code)

@@ -53,31 +53,43 @@ def _innermost(optimizer):
     return optimizer
 
 
-def training_state_bytes(model, optimizer, zero_stage: int, world_size: int) -> dict[str, float]:
-    """This rank's bytes, measured: parameters (ZeRO-3: the local partition), optimizer state (Adam's
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: a DeepSpeed ZeRO-3 partition, an FSDP2 DTensor's shard, or itself."""
+    if hasattr(t, "ds_tensor"):
+        return t.ds_tensor
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.to_local().data_ptr() if hasattr(t, "to_local") else t.data_ptr()
+
+
+def training_state_bytes(model, optimizer, grad_shards: int) -> dict[str, float]:
+    """This rank's bytes, measured: parameters (a sharded strategy's local part), optimizer state (Adam's
     moments) and master weights (the fp32 copies DeepSpeed's optimizer steps, beyond the model's own);
-    and gradients by rule, since they are freed between steps: full for DDP and ZeRO-1, one rank's
-    share for ZeRO-2 and 3."""
+    and gradients by rule, since they are freed between steps: the trainable bytes over `grad_shards`
+    (1 where every rank holds them whole, the world size where they are reduce-scattered)."""
     params, seen, trainable = 0, set(), 0
     for p in model.parameters():
-        local = getattr(p, "ds_tensor", p)
+        local = _local(p)
         params += local.numel() * local.element_size()
-        seen.add(p.data_ptr())
+        seen.add(_storage(p))
         if p.requires_grad:
             trainable += getattr(p, "ds_numel", p.numel()) * p.element_size()
     inner = _innermost(optimizer)
     state = 0
     for per_param in inner.state.values():
         for value in per_param.values():
-            if torch.is_tensor(value) and value.data_ptr() not in seen:
-                seen.add(value.data_ptr())
-                state += value.numel() * value.element_size()
+            if torch.is_tensor(value) and _storage(value) not in seen:
+                seen.add(_storage(value))
+                local = _local(value)
+                state += local.numel() * local.element_size()
     master = 0
     for group in inner.param_groups:
         for p in group["params"]:  # master copies (ZeRO's fp32 partitions); the model's own are already seen
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
-                master += p.numel() * p.element_size()
-    grads = trainable / world_size if zero_stage >= 2 else trainable
+            if _storage(p) not in seen:
+                seen.add(_storage(p))
+                master += _local(p).numel() * _local(p).element_size()
+    grads = trainable / grad_shards
     return {keys.PARAMS_BYTES: float(params), keys.GRADS_BYTES: float(grads),
             keys.OPTIMIZER_BYTES: float(state), keys.MASTER_WEIGHTS_BYTES: float(master)}

@@ -10,10 +10,11 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
 
 from bonsai.config import BonsaiConfig
 from bonsai.errors import WorldSizeMismatch
+from bonsai.train.strategies.base import Strategy
+from bonsai.train.strategies.select import build_strategy, launched_kind
 
 
 # What the process-group backends say when a peer is gone or silent (gloo, NCCL, torch's c10d).
@@ -26,11 +27,6 @@ def is_peer_failure(err: BaseException) -> bool:
     return isinstance(err, torch.distributed.DistError) or (
         isinstance(err, RuntimeError) and any(marker in str(err) for marker in _PEER_LOST)
     )
-
-
-def launched_with_deepspeed() -> bool:
-    """`accelerate launch` with a DeepSpeed config says so in the environment of every process."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def launcher_world_size() -> int:
@@ -48,6 +44,7 @@ def resolve_precision(setting: str) -> str:
 @dataclass
 class Dist:
     accelerator: Accelerator
+    strategy: Strategy
 
     @property
     def rank(self) -> int:
@@ -60,23 +57,6 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
-
-    @property
-    def is_deepspeed(self) -> bool:
-        return self.accelerator.state.deepspeed_plugin is not None
-
-    @property
-    def zero_stage(self) -> int:
-        """DeepSpeed's ZeRO stage; 0 without DeepSpeed."""
-        plugin = self.accelerator.state.deepspeed_plugin
-        return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin else 0
-
-    @property
-    def offload(self) -> bool:
-        """Whether ZeRO keeps the optimizer on the CPU (Accelerate then swaps AdamW for DeepSpeedCPUAdam)."""
-        plugin = self.accelerator.state.deepspeed_plugin
-        device = plugin.deepspeed_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") if plugin else None
-        return device not in (None, "none")
 
     @property
     def device(self) -> torch.device:
@@ -153,25 +133,13 @@ def set_malloc_mmap_threshold(size: int) -> bool:
 
 
 def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
+    """The launch's strategy, its Accelerator and process group; refuses a world size the launcher did
+    not promise."""
     # DeepSpeed calls these deprecated torch names in every step; the warning then floods the log.
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
-    deepspeed = launched_with_deepspeed()
-    group = {"timeout": timedelta(seconds=cfg.distributed.timeout_s)}
-    if deepspeed and not torch.cuda.is_available():
-        # Without CUDA, Accelerate + DeepSpeed otherwise starts every rank as rank 0 of 1 (see below).
-        # Plain DDP on CPU must not get this kwarg: it then fails to initialise the process group.
-        group["backend"] = "gloo"
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available() and not deepspeed,
-        mixed_precision=resolve_precision(cfg.train.precision),
-        kwargs_handlers=[InitProcessGroupKwargs(**group)],
-        # Bonsai steps the scheduler once per optimizer step itself; Accelerate would otherwise step it
-        # once per process, and the LR curve would depend on the world size.
-        step_scheduler_with_optimizer=False,
-        gradient_accumulation_steps=accumulation,
-    )
-    dist = Dist(accelerator)
+    strategy = build_strategy(launched_kind(), cfg, accumulation, resolve_precision(cfg.train.precision))
+    dist = Dist(strategy.accelerator, strategy)
     expected = launcher_world_size()
     if dist.world_size != expected:
         # Seen with Accelerate + DeepSpeed on CPU: every rank believes it is rank 0 of 1, reads the same

@@ -1,4 +1,4 @@
-"""`bonsai export CHECKPOINT --out DIR`: a checkpoint (ZeRO partitions included) as a Hugging Face
+"""`bonsai export CHECKPOINT --out DIR`: a checkpoint (ZeRO partitions and FSDP2 shards included) as a Hugging Face
 model directory that `AutoModelForCausalLM.from_pretrained` loads; for LoRA the adapter and a merged
 model. Runs in one process, on the CPU, whatever the run's world size was."""
 
@@ -8,35 +8,31 @@ from pathlib import Path
 
 import torch
 
-from bonsai.train.checkpoint import STATE_FILE
+from bonsai.train.resume.checkpoint import STATE_FILE, read_trainer_state
 from bonsai.config import load_config
 from bonsai.data.template import use_template
 from bonsai.model.loading import load_model, load_tokenizer, resolve_save_dtype, save_final_model
 from bonsai.model.source import resolve_checkpoint
 from bonsai.train.distributed import resolve_precision
-
-DEEPSPEED_TAG = "pytorch_model"  # the directory Accelerate's save_state gives the DeepSpeed engine
-
+from bonsai.errors import CheckpointMismatch
+from bonsai.train.strategies.base import Layout
+from bonsai.train.strategies.select import strategy_class
+from bonsai.train.strategies.zero import DEEPSPEED_DIR
 
 class ExportError(ValueError):
     pass
 
 
 def consolidated_state_dict(checkpoint: Path, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """The checkpoint's weights in fp32. `trainable_only` (LoRA): just the adapters; a ZeRO checkpoint also
-    holds the frozen base's fragments, and consolidating those too would put a second copy of the base in
-    memory next to the one the export loads (22 GB for Phi-2)."""
-    if (checkpoint / DEEPSPEED_TAG).is_dir():
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG,
-                                                        exclude_frozen_parameters=trainable_only)
-    weights = checkpoint / "model.safetensors"
-    if not weights.exists():
-        raise ExportError(f"{checkpoint}: neither {DEEPSPEED_TAG}/ (DeepSpeed) nor model.safetensors found")
-    from safetensors.torch import load_file
-
-    return load_file(weights)
+    """The checkpoint's weights in fp32, read by the strategy that wrote them. `trainable_only` (LoRA):
+    just the adapters."""
+    layout = read_trainer_state(checkpoint).saved_layout()
+    if layout is None:  # a checkpoint from before layouts were recorded: DeepSpeed's files say which
+        layout = Layout("zero") if (checkpoint / DEEPSPEED_DIR).is_dir() else Layout("ddp")
+    try:
+        return strategy_class(layout.kind).saved_weights(checkpoint, trainable_only)
+    except CheckpointMismatch as err:
+        raise ExportError(str(err)) from None
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:

@@ -15,7 +15,7 @@ _EXAMPLE = Record(id="example", instruction="次の日本語を英語に翻訳�
 
 
 def write_model_cards(model_dirs: list[Path], cfg: BonsaiConfig, facts: dict) -> None:
-    """`facts`: version, world_size, global_batch, zero_stage, precision, save_dtype, counts (the data
+    """`facts`: version, world_size, global_batch, strategy (its layout described), precision, save_dtype, counts (the data
     scan), summary, eval (the last eval's metrics)."""
     for directory in model_dirs:
         adapter = (directory / "adapter_config.json").exists()
@@ -64,7 +64,7 @@ def _data_section(cfg: BonsaiConfig, counts: dict) -> list[str]:
 def _training_section(cfg: BonsaiConfig, facts: dict) -> list[str]:
     t = cfg.train
     warmup = t.warmup_steps if t.warmup_steps is not None else f"{t.warmup_ratio} of the steps"
-    strategy = f"DeepSpeed ZeRO-{facts['zero_stage']}" if facts["zero_stage"] else "DDP or one process"
+    strategy = facts["strategy"]
     settings = [
         ("steps", f"{facts['summary']['steps']}"),
         ("global batch", f"{facts['global_batch']} rows of up to {cfg.data.max_length} tokens "

@@ -1,5 +1,5 @@
 """AdamW with decay on weight matrices only, and the order its parameters are in: a checkpoint's
-optimizer state is matched to parameters by that order (bonsai.train.reshard)."""
+optimizer state is matched to parameters by that order (bonsai.train.resume.reshard)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""One optimizer step: forward and backward over a rank's micro-batches, then the update.
+"""One optimizer step's gradients: forward and backward over a rank's micro-batches, then clipping.
 
-A function of (model, micro-batches) that tests call alone. The same code serves DDP and every
-DeepSpeed ZeRO stage, full fine-tuning and LoRA.
+A function of (model, micro-batches) that tests call alone. The same code serves every strategy (DDP,
+DeepSpeed ZeRO, FSDP2), full fine-tuning and LoRA: the run's Strategy does the accumulation, backward
+and clipping its way, and the update (`Strategy.step`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
     """Forward and backward over this rank's micro-batches, then clip. Every micro-batch's loss sum is
     divided by the response-token count of the whole step on all ranks, so the gradient is the same
     however the step's rows are split into micro-batches and ranks."""
-    accelerator = dist.accelerator
+    strategy = dist.strategy
     local = torch.tensor(
         [sum(b.num_target_tokens for b in micro_batches), sum(int((b.doc_index >= 0).sum()) for b in micro_batches),
          int(stop_requested)],
@@ -46,48 +47,21 @@ def compute_gradients(dist: Dist, model, micro_batches: list[Batch], max_grad_no
     target_tokens, tokens, stops = (int(v) for v in totals.tolist())
     if stops:
         return StepStats(torch.zeros(()), torch.zeros(()), target_tokens, tokens, stop_requested=True)
-    # DDP and ZeRO average gradients over ranks, and Accelerate (DDP) or DeepSpeed divide every
-    # micro-batch's loss by the accumulation steps: scaling by both turns that into the plain sum.
-    scale = dist.world_size * len(micro_batches) / target_tokens
-    start_at_boundary(accelerator, len(micro_batches))
+    strategy.start_step(len(micro_batches))
     loss_sum = torch.zeros((), device=dist.device)
     records, record_loss, record_tokens, record_eos = [], [], [], []
-    for batch in micro_batches:
-        # `accumulate` skips the gradient all-reduce until the last micro-batch (DDP) or marks the
-        # boundary where the DeepSpeed engine reduces, clips and steps.
-        with accelerator.accumulate(model):
+    for i, batch in enumerate(micro_batches):
+        with strategy.micro_batch(model, last=i == len(micro_batches) - 1):
             out = forward_loss(model, batch.to(dist.device))
-            accelerator.backward(out.loss_sum * scale)
+            strategy.backward(out.loss_sum, target_tokens, len(micro_batches))
         loss_sum += out.loss_sum.detach()
         records += batch.records
         record_loss.append(out.record_loss_sum)
         record_tokens.append(out.record_tokens)
         record_eos.append(out.record_eos_loss)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    # DeepSpeed clips inside its step and reports the norm as a float (None before any step).
-    grad_norm = torch.as_tensor(float("nan") if grad_norm is None else grad_norm, device=dist.device)
+    grad_norm = strategy.clip_grad_norm(model, max_grad_norm)
     return StepStats(dist.sum(loss_sum) / target_tokens, grad_norm, target_tokens, tokens, False, records,
                      torch.cat(record_loss), torch.cat(record_tokens), torch.cat(record_eos))
-
-
-def start_at_boundary(accelerator, micro_batches: int) -> None:
-    """Every optimizer step starts at an accumulation boundary, so the last of its micro-batches is the
-    one where gradients are reduced and the optimizer steps. Accelerate counts micro-batches across steps
-    (`Accelerator.step`), saves the count with a checkpoint and restores it in `load_state`: a count
-    restored under another accumulation (another number of processes, another micro-batch size) put the
-    boundary off the last micro-batch for good, and `optimizer.step()` then did nothing, silently."""
-    if accelerator.gradient_accumulation_steps != micro_batches:
-        raise RuntimeError(f"{micro_batches} micro-batches in a step, but Accelerate accumulates "
-                           f"{accelerator.gradient_accumulation_steps}: the trainer and the accelerator disagree")
-    accelerator.step = 0
-
-
-def apply_update(optimizer, scheduler, skip: bool = False) -> None:
-    """Step the optimizer, or drop the step's gradients (the update is skipped, the schedule moves on)."""
-    if not skip:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def train_breakdown(dist: Dist, stats: StepStats) -> dict[str, float]:

@@ -10,7 +10,6 @@ stays behind `Dist`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from collections.abc import Iterator
@@ -23,16 +22,16 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from bonsai.train.callbacks import (Callback, Callbacks, DataLogCallback, EvalCallback, MemoryCallback, MonitorCallback,
                                     ProbeCallback, StepOutcome, ThroughputCallback)
-from bonsai.train.checkpoint import (TrainerState, checkpoint_step, find_checkpoint, latest_checkpoint,
-                                     list_checkpoints, load_checkpoint, free_space_warning, read_trainer_state,
-                                     save_checkpoint, verify_checkpoint)
+from bonsai.train.resume.checkpoint import (PendingCheckpoint, TrainerState, checkpoint_step, find_checkpoint,
+                                            free_space_warning, latest_checkpoint, list_checkpoints,
+                                            load_checkpoint, read_trainer_state, save_checkpoint,
+                                            verify_checkpoint)
 from bonsai.train.lock import RunLock
 from bonsai.train.final_model import model_problem, publish_model
-from bonsai.train.data_changes import changes_since, start_new_epoch
+from bonsai.train.resume.data_changes import changes_since, start_new_epoch
 from bonsai.data.identity import shard_identities
 from bonsai.config import TINY_PHI, BonsaiConfig, ConfigError, config_changes, redact, save_resolved
 from bonsai.data.dataset import RankData, describe_bad_records
-from bonsai.train.deepspeed import fill_deepspeed_config
 from bonsai.train.distributed import (SETUP_MMAP_THRESHOLD, TRAINING_MMAP_THRESHOLD, Dist, is_peer_failure,
                                       launcher_world_size, set_cpu_threads, set_malloc_mmap_threshold, setup_distributed)
 from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveFailure, DataError, RunDirLocked, TrainingUnstable,
@@ -40,15 +39,14 @@ from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveF
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.attention import describe_attention
-from bonsai.observe.throughput import training_state_bytes
 from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, resolve_save_dtype,
                                   save_final_model)
 from bonsai.model.source import resolve_checkpoint
 from bonsai.observe.monitor import Event, strongest_action
 from bonsai.data.packing import Row
-from bonsai.train.preemption import StopRequest, preempted_exit_code, write_stopped
+from bonsai.train.resume.preemption import StopRequest, preempted_exit_code, write_stopped
 from bonsai.train.update_guard import UpdateGuard
-from bonsai.train.step import StepStats, apply_update, compute_gradients, micro_batches_of, train_breakdown
+from bonsai.train.step import StepStats, compute_gradients, micro_batches_of, train_breakdown
 from bonsai.io import write_json, write_jsonl
 from bonsai.rundir import RunDir
 from bonsai.data.template import use_template
@@ -59,8 +57,8 @@ from bonsai.data.stream import StreamPosition, list_shards, no_records_error
 from bonsai.data.elastic import layouts_from_dict, windows_done_after
 from bonsai.data.scan_cache import ScanCache, ScanReport, combine_reports, settings_fingerprint
 from bonsai.train.optimizer import build_optimizer
-from bonsai.train.reshard import SCRATCH_PREFIX, load_resharded, needs_reshard
-from bonsai.train.resize import merge_positions, prune_layouts, resume_accumulation
+from bonsai.train.resume.reshard import SCRATCH_PREFIX, load_resharded, needs_reshard
+from bonsai.train.resume.resize import merge_positions, prune_layouts, resume_accumulation
 from bonsai.observe.wandb_logger import resolve_mode
 
 CALLBACK_STATE = "callbacks_rank{rank}.json"  # in each checkpoint: every callback's state, per rank
@@ -159,7 +157,7 @@ class Trainer:
         if cfg.data.exclude:
             self.say(describe_exclusions(cfg.data.exclude, self.data.excluded, counts["excluded_found"]))
         self._setup_model()
-        self.callbacks = Callbacks(build_callbacks(cfg, dist.is_deepspeed))
+        self.callbacks = Callbacks(build_callbacks(cfg, dist.strategy.updates_in_backward))
         self.callbacks.setup(self)
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -267,23 +265,28 @@ class Trainer:
     def _setup_model(self) -> None:
         cfg, dist = self.cfg, self.dist
         self.weights_dtype = torch.float32
-        if cfg.model.finetune == "lora" and dist.accelerator.mixed_precision == "bf16":
+        if cfg.model.finetune == "lora" and dist.strategy.precision == "bf16":
             self.weights_dtype = torch.bfloat16  # the frozen base needs no fp32 master copy
+        if cfg.train.async_checkpoint and not dist.strategy.saves_in_background:
+            raise ConfigError(f"train.async_checkpoint=true: under {dist.strategy.layout().describe()} checkpoints "
+                              f"are written in the foreground; launch with launch/fsdp2.yaml, or set it to false")
         set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
-        model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type, dist.is_main)
+        model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type, dist.is_main,
+                           partitioned=dist.strategy.builds_partitioned)
         self.say(describe_attention(model.config._attn_implementation, cfg.model.loss_chunk_tokens))
         total, trainable = count_parameters(model)
         self.say(f"model: {self.model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
                  f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation "
-                 f"{self.accumulation}")
-        if dist.is_deepspeed:
-            configure_deepspeed(dist, cfg, self.accumulation)
+                 f"{self.accumulation}; strategy {dist.strategy.layout().describe()}")
+        dist.strategy.configure(cfg, self.accumulation)
+        model = dist.strategy.shard(model)  # FSDP2 shards here: its optimizer holds the shards
         optimizer, summary = build_optimizer(model, cfg)
         self.say(summary)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, cfg.train.num_warmup_steps, cfg.train.max_steps, min_lr_rate=cfg.train.min_lr_ratio)
-        self.model, self.optimizer, self.scheduler = dist.accelerator.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = dist.strategy.prepare(model, optimizer, scheduler)
         self.guard = UpdateGuard()
+        self.pending: PendingCheckpoint | None = None  # a checkpoint still being written in the background
 
     def _load(self, checkpoint: Path) -> None:
         """Model, optimizer, scheduler, RNG and counters from `checkpoint`, and every callback's state."""
@@ -306,7 +309,7 @@ class Trainer:
         under another strategy, or as ZeRO partitions for another number of processes."""
         dist = self.dist
         saved = read_trainer_state(checkpoint)
-        if not needs_reshard(saved, dist.world_size, dist.zero_stage, dist.offload):
+        if not needs_reshard(saved, dist.world_size, dist.strategy.layout()):
             return load_checkpoint(dist, checkpoint)
         scratch = self.run.root / f"{SCRATCH_PREFIX}{checkpoint.name}"
         state, said = load_resharded(dist, checkpoint, saved, self.model, self.optimizer, self.scheduler, scratch)
@@ -335,8 +338,8 @@ class Trainer:
             if action == "rollback":
                 self._rollback(events)
                 continue
-            apply_update(self.optimizer, self.scheduler, skip=action == "skip")
-            self.guard.check(self.state.step + 1, skipped=action == "skip", why_not=self._accumulation_state)
+            self.dist.strategy.step(self.optimizer, self.scheduler, skip=action == "skip")
+            self.guard.check(self.state.step + 1, skipped=action == "skip", why_not=self.dist.strategy.describe_update_state)
             self._commit(stats, action)
             outcome = StepOutcome(self.state.step, stats, time.perf_counter() - begun, action, events, taken)
             self.stop.note_step(outcome.elapsed_s)
@@ -353,7 +356,7 @@ class Trainer:
             self.say(f"checkpoint step {self.state.step} not written: {veto} (the last healthy one is "
                      f"{self.last_healthy_checkpoint() or 'none'})")
             return
-        self.checkpoint()
+        self.checkpoint(background=self.cfg.train.async_checkpoint)
 
     def last_healthy_checkpoint(self) -> Path | None:
         """The newest complete checkpoint whose weights a clean step confirmed (with the monitor off: the
@@ -373,21 +376,18 @@ class Trainer:
     def _action(self, events: list[Event]) -> str | None:
         """The strongest action the events ask for, and what it becomes where it cannot be done."""
         action = strongest_action(events)
+        if action in ("rollback", "stop"):
+            self.finish_pending()  # the checkpoint being written may be the last healthy one
         if action == "rollback" and self.last_healthy_checkpoint() is None:
-            if self.dist.is_deepspeed:  # the engine already applied the update; nothing to go back to
+            if self.dist.strategy.updates_in_backward:  # the update is applied already: nothing to go back to
                 raise TrainingUnstable(f"step {self.state.step + 1}: {events[0].kind} before the first checkpoint; "
-                                       f"nothing to roll back to under DeepSpeed")
+                                       f"nothing to roll back to under {self.dist.strategy.layout().describe()}")
             action = "skip"  # nothing to roll back to yet: at least keep this step out of the weights
             for e in events:
                 e.action = "skip (no checkpoint yet)" if e.action == "rollback" else e.action
         if self.logger and events:
             self.logger.log_rows("events", [e.to_dict() for e in events], self.state.step + 1)
         return action
-
-    def _accumulation_state(self) -> str:
-        acc = self.dist.accelerator
-        return (f" (at the update Accelerate had sync_gradients={acc.sync_gradients}, its micro-step counter at "
-                f"{acc.step}, accumulation {acc.gradient_accumulation_steps})")
 
     def _commit(self, stats: StepStats, action: str | None) -> None:
         state = self.state
@@ -424,7 +424,7 @@ class Trainer:
             raise TrainingUnstable(
                 f"step {state.step + 1}: {events[0].kind} after {state.rollbacks} rollback(s) "
                 f"(monitor.max_rollbacks); see {self.run.events} for the records involved")
-        apply_update(self.optimizer, self.scheduler, skip=True)
+        self.dist.strategy.step(self.optimizer, self.scheduler, skip=True)
         target = self.last_healthy_checkpoint()
         rollbacks = state.rollbacks + 1
         # The callbacks keep what they learned (the detector keeps the spike out of its baseline).
@@ -442,6 +442,7 @@ class Trainer:
     def _stop(self, reason: str | None) -> int:
         """Every rank agreed to stop: checkpoint, say who asked and why, and exit."""
         dist = self.dist
+        self.finish_pending()
         veto = self.callbacks.checkpoint_veto()
         saved = self.last_healthy_checkpoint() if veto else self.checkpoint()
         if veto:
@@ -456,15 +457,18 @@ class Trainer:
               f"{self.state.step}, exiting with {code} (resume: run the same command again)", flush=True)
         return code
 
-    def checkpoint(self) -> Path:
-        """A collective: every rank's data position, its callbacks' state, and Accelerate's state."""
+    def checkpoint(self, background: bool = False) -> Path | None:
+        """A collective: every rank's data position, its callbacks' state, and the strategy's state.
+        `background`: the strategy's files are written by a thread while training goes on (None is
+        returned; the checkpoint is published by `finish_pending`)."""
+        self.finish_pending()
         begun = time.perf_counter()
         dist = self.dist
         state = self.state
         state.data_positions = dist.gather_objects(self.rows.position.to_dict())
         state.data_layouts = prune_layouts(state.data_layouts, state.data_positions)
         state.global_batch = self.cfg.train.micro_batch_size * self.accumulation * dist.world_size
-        state.zero_stage, state.offload = dist.zero_stage, dist.offload
+        state.layout, state.zero_stage, state.offload = dist.strategy.layout().to_dict(), None, None
 
         estimate = self._checkpoint_estimate()
         if dist.is_main and (warning := free_space_warning(self.run_dir, estimate)):
@@ -475,27 +479,45 @@ class Trainer:
             write_json(directory / CALLBACK_STATE.format(rank=dist.rank), self.callbacks.state_dict())
 
         saved = save_checkpoint(dist, self.run_dir, self.state, self.cfg, self.cfg.train.keep_checkpoints,
-                                write_rank_files, trusted_before=self.callbacks.trusted_before(), estimate=estimate)
+                                write_rank_files, trusted_before=self.callbacks.trusted_before(), estimate=estimate,
+                                background=background)
         seconds = time.perf_counter() - begun
+        if isinstance(saved, PendingCheckpoint):
+            self.pending, self.pending_begun = saved, begun
+            self.say(f"checkpoint step_{saved.step:08d} handed to a background write after {seconds:.1f} s")
+            return None
         self.stop.note_checkpoint(seconds)
         # The SLURM grace period must cover one step plus one checkpoint: say what a checkpoint costs.
         self.say(f"checkpoint {saved.name} written in {seconds:.1f} s")
         return saved
 
+    def finish_pending(self) -> None:
+        """A collective: wait for a background checkpoint's write and make it visible."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        saved = pending.finish()
+        self.say(f"checkpoint {saved.name} written in the background (published {time.perf_counter() - self.pending_begun:.1f} s "
+                 f"after it began)")
+
     def _checkpoint_estimate(self) -> int:
         """What a checkpoint takes, for the free-space checks before the first one exists: the weights and
         the optimizer's state (with ZeRO's fp32 master partitions) over every rank that writes them. A
-        collective under DeepSpeed."""
-        local = training_state_bytes(self.model, self.optimizer, self.dist.zero_stage, self.dist.world_size)
-        per_rank = local["memory/params_bytes"] + local["memory/optimizer_bytes"] + local["memory/master_weights_bytes"]
-        if not self.dist.is_deepspeed:  # one copy, written by rank 0
-            return int(per_rank)
-        return int(self.dist.sum(torch.tensor([per_rank], dtype=torch.float64, device=self.dist.device)).item())
+        collective under a sharded strategy."""
+        dist = self.dist
+        local = dist.strategy.state_bytes(self.model, self.optimizer, dist.world_size)
+        per_rank = local[keys.PARAMS_BYTES] + local[keys.OPTIMIZER_BYTES] + local[keys.MASTER_WEIGHTS_BYTES]
+
+        def sum_ranks(value: float) -> float:
+            return float(dist.sum(torch.tensor([value], dtype=torch.float64, device=dist.device)).item())
+
+        return dist.strategy.checkpoint_bytes(per_rank, sum_ranks)
 
     # --- the end ----------------------------------------------------------------------------------
 
     def finish(self, started: float) -> int:
         """Final eval and probes, the final checkpoint, the model and summary.json."""
+        self.finish_pending()
         veto = self.callbacks.checkpoint_veto()
         if veto:
             raise TrainingUnstable(f"the run reached step {self.state.step} with {veto}: no final checkpoint or "
@@ -513,9 +535,10 @@ class Trainer:
     def _write_model(self, started: float, final: Path | None) -> int:
         """The model dirs from the weights in memory (a collective under ZeRO-3), then summary.json."""
         dist, state = self.dist, self.state
-        unwrapped = dist.accelerator.unwrap_model(self.model)
-        state_dict = final_state_dict(dist, self.model, self.cfg.model.finetune)  # a collective under ZeRO-3
-        save_dtype = resolve_save_dtype(self.cfg.train.save_dtype, dist.accelerator.mixed_precision)
+        unwrapped = dist.strategy.unwrap(self.model)
+        # A collective under a sharded strategy. LoRA: only the adapters (never a gathered copy of the base).
+        state_dict = dist.strategy.full_state_dict(self.model, trainable_only=self.cfg.model.finetune == "lora")
+        save_dtype = resolve_save_dtype(self.cfg.train.save_dtype, dist.strategy.precision)
         summary = {"steps": state.step, "wall_time_s": round(time.perf_counter() - started, 2),
                    **self.callbacks.summary(), "tokens_seen": state.tokens_seen,
                    "skipped_steps": state.skipped_steps, "rollbacks": state.rollbacks, "healthy": True,
@@ -556,9 +579,9 @@ class Trainer:
         return self._write_model(started, self.resume_from)
 
     def _card_facts(self, summary: dict, save_dtype: torch.dtype) -> dict:
-        eval_cb, mixed = self.callbacks.find("eval"), self.dist.accelerator.mixed_precision
+        eval_cb, mixed = self.callbacks.find("eval"), self.dist.strategy.precision
         return {"version": package_version(), "world_size": self.dist.world_size, "global_batch": self.state.global_batch,
-                "zero_stage": self.dist.zero_stage, "precision": "fp32" if mixed == "no" else mixed,
+                "strategy": self.dist.strategy.layout().describe(), "precision": "fp32" if mixed == "no" else mixed,
                 "save_dtype": str(save_dtype).removeprefix("torch."),
                 "counts": self.data_counts, "summary": summary, "eval": eval_cb.last if eval_cb else {}}
 
@@ -602,10 +625,10 @@ def describe_health(state: TrainerState) -> str:
             f"on the way (events.jsonl)")
 
 
-def build_callbacks(cfg: BonsaiConfig, deepspeed: bool) -> list[Callback]:
+def build_callbacks(cfg: BonsaiConfig, updates_in_backward: bool) -> list[Callback]:
     callbacks: list[Callback] = [ThroughputCallback(), MemoryCallback(), DataLogCallback()]
     if cfg.monitor.enabled:
-        callbacks.insert(0, MonitorCallback(cfg.monitor.for_strategy(deepspeed)))
+        callbacks.insert(0, MonitorCallback(cfg.monitor.for_strategy(updates_in_backward)))
     callbacks.append(EvalCallback())
     if cfg.eval.probes:
         callbacks.append(ProbeCallback(load_probes(cfg.eval.probes)))
@@ -660,19 +683,6 @@ def describe_exclusions(path: str, listed: frozenset[str], found: list[str]) -> 
     return line
 
 
-def final_state_dict(dist: Dist, model, finetune: str) -> dict[str, torch.Tensor]:
-    """The weights the model dir needs, on rank 0. Full: Accelerate's consolidated state dict. LoRA: only the
-    trainable (adapter) tensors; under ZeRO-3 gathering the whole model instead would put a full copy of
-    the frozen base on rank 0 (11 GB for Phi-2 in fp32) just to keep its few MB of adapters."""
-    if finetune == "full" or dist.zero_stage != 3:
-        return dist.accelerator.get_state_dict(model)
-    import deepspeed
-
-    trainable = [(name, p) for name, p in dist.accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
-    with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
-        return {name: p.detach().cpu().clone() for name, p in trainable} if dist.is_main else {}
-
-
 def build_loggers(cfg: BonsaiConfig, run: RunDir, state: TrainerState, say) -> FanOut:
     loggers: list[MetricsLogger] = [
         JsonlLogger(run.metrics, resume_step=state.step),
@@ -684,11 +694,3 @@ def build_loggers(cfg: BonsaiConfig, run: RunDir, state: TrainerState, say) -> F
 
         loggers.append(WandbLogger(cfg.logging.wandb, run.root, redact(cfg.model_dump(mode="json")), say))
     return FanOut(loggers)
-
-
-def configure_deepspeed(dist: Dist, cfg: BonsaiConfig, accumulation: int) -> None:
-    plugin = dist.accelerator.state.deepspeed_plugin
-    fill_deepspeed_config(plugin.deepspeed_config, cfg, accumulation, dist.world_size,
-                          dist.accelerator.mixed_precision,
-                          source=os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "the DeepSpeed config"))
-    cfg.monitor.for_strategy(deepspeed=True)  # refuses an explicit `skip` before any work

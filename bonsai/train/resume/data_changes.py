@@ -11,7 +11,7 @@ from bonsai.config import BonsaiConfig
 from bonsai.data.identity import data_changes
 from bonsai.data.stream import StreamPosition, list_shards
 from bonsai.errors import DataError
-from bonsai.train.checkpoint import TrainerState
+from bonsai.train.resume.checkpoint import TrainerState
 
 
 def changes_since(saved: TrainerState, checkpoint_name: str, cfg: BonsaiConfig) -> list[str]:

@@ -5,7 +5,7 @@ the step count and LR schedule (Accelerate's scheduler state), and the data: eve
 merged into a layout of what remains of the epoch (bonsai.data.elastic), so no record is trained twice
 and none is skipped. Model and optimizer state load as they are under DDP (they are whole on every
 rank); ZeRO partitions for another number of ranks, and a checkpoint from another strategy, are
-resharded (bonsai.train.reshard).
+resharded (bonsai.train.resume.reshard).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bonsai.data.elastic import (
 )
 from bonsai.data.stream import StreamPosition
 from bonsai.errors import CheckpointMismatch
-from bonsai.train.checkpoint import TrainerState
+from bonsai.train.resume.checkpoint import TrainerState
 
 
 def resume_accumulation(saved: TrainerState, checkpoint: Path, cfg: BonsaiConfig, world_size: int,
@@ -29,7 +29,7 @@ def resume_accumulation(saved: TrainerState, checkpoint: Path, cfg: BonsaiConfig
     """This run's accumulation when it resumes `checkpoint`, and a line to say when it differs from the
     config's: the one that keeps the checkpoint's global batch. Raises CheckpointMismatch, naming the
     options, for a layout that cannot resume it."""
-    if saved.zero_stage is None and saved.world_size != world_size:
+    if saved.saved_layout() is None and saved.world_size != world_size:
         raise CheckpointMismatch(
             f"{checkpoint} holds data positions for {saved.world_size} process(es), written before Bonsai could "
             f"resize, this run has {world_size}. Relaunch with {saved.world_size} processes, or start a new output_dir")

@@ -1,8 +1,9 @@
 """Checkpoints: written to a temporary directory and renamed into place once every rank is done,
 so a crash mid-save leaves the previous checkpoint whole. Keeps the last K.
 
-Layout of `RUN_DIR/checkpoints/step_00000010/`: Accelerate's state (model and optimizer as
-safetensors/torch files, scheduler, per-rank RNG), `trainer_state.json` (step, counters, world size,
+Layout of `RUN_DIR/checkpoints/step_00000010/`: the strategy's files (DDP and ZeRO: Accelerate's state,
+model and optimizer as safetensors/torch files; FSDP2: a DCP directory of every rank's shards; and the
+scheduler and per-rank RNG), `trainer_state.json` (step, counters, world size, the strategy's layout,
 every rank's data position), `config.yaml`, and, written last, `checkpoint.json`: every file and its
 size. A checkpoint is used only if it verifies against it; a bad newest one is reported and the newest
 one that verifies is used instead.
@@ -14,11 +15,13 @@ import json
 import re
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bonsai.config import BonsaiConfig, save_resolved
 from bonsai.train.distributed import Dist
+from bonsai.train.strategies.base import Layout
 from bonsai.errors import CheckpointWriteError
 from bonsai.io import check_manifest, disk_full, write_json, write_manifest
 from bonsai.rundir import RunDir
@@ -39,8 +42,9 @@ class TrainerState:
     data_positions: list[dict] = field(default_factory=list)
     data_layouts: dict[str, dict] = field(default_factory=dict)  # bonsai.data.elastic, per epoch
     global_batch: int = 0  # rows per optimizer step, all ranks: kept when the world size changes
-    zero_stage: int | None = None  # 0: DDP or one process; None: written before Bonsai recorded it
-    offload: bool | None = None  # ZeRO's optimizer on the CPU (another optimizer class); None: not recorded
+    layout: dict | None = None  # the strategy's Layout (bonsai.train.strategies.base): how the files hold the state
+    zero_stage: int | None = None  # older checkpoints: 0 DDP, else the ZeRO stage (None: not recorded)
+    offload: bool | None = None  # older checkpoints: ZeRO's optimizer on the CPU
     finished: bool = False
     rollbacks: int = 0
     skipped_steps: int = 0
@@ -49,6 +53,10 @@ class TrainerState:
 
     def position_for(self, rank: int) -> StreamPosition:
         return StreamPosition.from_dict(self.data_positions[rank])
+
+    def saved_layout(self) -> Layout | None:
+        """The layout the checkpoint was written under; None for one written before Bonsai recorded it."""
+        return Layout.from_saved(self.layout, self.zero_stage, self.offload)
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -115,32 +123,66 @@ def free_space_warning(run_dir: Path, estimate: int = 0) -> str | None:
 
 def save_checkpoint(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig, keep: int,
                     write_rank_files: Callable[[Path], None] | None = None, trusted_before: int | None = None,
-                    estimate: int = 0) -> Path:
+                    estimate: int = 0, background: bool = False) -> Path | PendingCheckpoint:
     """Collective: every rank calls it. `write_rank_files(dir)` lets each rank add its own files before
-    the checkpoint becomes visible. Returns the final directory. A full disk removes the partial save
+    the checkpoint becomes visible. Returns the final directory, or with `background` (a strategy that
+    saves in the background) a PendingCheckpoint to finish later. A full disk removes the partial save
     and raises CheckpointWriteError naming the last complete checkpoint. Keeps the newest `keep`, and the
     newest one from before step `trusted_before` (the last healthy one) whatever `keep` says. `estimate`:
     the bytes the save will need when there is no earlier checkpoint to go by."""
-    root = checkpoints_dir(run_dir)
-    final = root / f"step_{state.step:08d}"
-    tmp = root / f"{TMP_PREFIX}{final.name}"
-    previous, needed = _previous_size(run_dir)
-    needed = needed or estimate
-    try:
-        saved = _save(dist, run_dir, state, cfg, write_rank_files, final, tmp)
-        if dist.is_main:
-            prune_checkpoints(run_dir, keep, trusted_before)
-        dist.barrier()
-        return saved
-    except Exception as err:  # OSError, torch's RuntimeError, safetensors' SafetensorError
-        if not disk_full(err):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # the partial save would keep the space
-        free = shutil.disk_usage(run_dir).free
+    final = checkpoints_dir(run_dir) / f"step_{state.step:08d}"
+    tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+    space = _SpaceCheck(run_dir, tmp, state.step, estimate)
+    saved_state = asdict(state)  # as it is now: the trainer goes on while a background write runs
+
+    def publish() -> Path:
+        with space:
+            return _publish(dist, run_dir, saved_state, cfg, final, tmp, keep, trusted_before)
+
+    with space:
+        write = _start(dist, write_rank_files, tmp, background and dist.strategy.saves_in_background)
+    if write is None:
+        return publish()
+    return PendingCheckpoint(state.step, write, publish, space)
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose strategy files a background thread is still writing. It stays under its
+    temporary name, invisible to a resume, until `finish()` (every rank) has waited for the write and
+    published it."""
+
+    step: int
+    write: Future
+    publish: Callable[[], Path]
+    space: _SpaceCheck
+
+    def finish(self) -> Path:
+        with self.space:
+            self.write.result()
+        return self.publish()
+
+
+class _SpaceCheck:
+    """Turns a full disk during a save into CheckpointWriteError, the partial save removed."""
+
+    def __init__(self, run_dir: Path, tmp: Path, step: int, estimate: int):
+        self.run_dir, self.tmp, self.step = run_dir, tmp, step
+        self.previous, needed = _previous_size(run_dir)
+        self.needed = needed or estimate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, traceback) -> None:
+        if err is None or not disk_full(err):  # OSError, torch's RuntimeError, safetensors' SafetensorError
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)  # the partial save would keep the space
+        free = shutil.disk_usage(self.run_dir).free
         raise CheckpointWriteError(
-            f"no space left on device while writing checkpoint step {state.step} to {root} (needed "
-            f"~{needed / 2**20:,.0f} MiB, free {free / 2**20:,.1f} MiB); last complete checkpoint: "
-            f"{previous or 'none'}") from err
+            f"no space left on device while writing checkpoint step {self.step} to {self.tmp.parent} (needed "
+            f"~{self.needed / 2**20:,.0f} MiB, free {free / 2**20:,.1f} MiB); last complete checkpoint: "
+            f"{self.previous or 'none'}") from err
 
 
 def prune_checkpoints(run_dir: Path, keep: int, trusted_before: int | None = None) -> None:
@@ -155,23 +197,32 @@ def prune_checkpoints(run_dir: Path, keep: int, trusted_before: int | None = Non
             shutil.rmtree(old)
 
 
-def _save(dist: Dist, run_dir: Path, state: TrainerState, cfg: BonsaiConfig,
-          write_rank_files: Callable[[Path], None] | None, final: Path, tmp: Path) -> Path:
+def _start(dist: Dist, write_rank_files: Callable[[Path], None] | None, tmp: Path,
+           background: bool) -> Future | None:
+    """Every rank's files into `tmp`; the strategy's own may still be being written (the future)."""
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
         tmp.mkdir(parents=True)
     dist.barrier()
-    dist.accelerator.save_state(str(tmp), safe_serialization=True)
+    write = dist.strategy.save(tmp, background=background)
     if write_rank_files:
         write_rank_files(tmp)
+    return write
+
+
+def _publish(dist: Dist, run_dir: Path, state: dict, cfg: BonsaiConfig, final: Path, tmp: Path, keep: int,
+             trusted_before: int | None) -> Path:
+    """Once every rank's files are in `tmp`: the trainer state, the config and the manifest, then the
+    rename that makes the checkpoint visible, then the rotation."""
     dist.barrier()
     if dist.is_main:
-        write_json(tmp / STATE_FILE, asdict(state))
+        write_json(tmp / STATE_FILE, state)
         save_resolved(cfg, tmp / "config.yaml")
-        write_manifest(tmp, MANIFEST, step=state.step)  # last: it says the rest is whole
+        write_manifest(tmp, MANIFEST, step=state["step"])  # last: it says the rest is whole
         if final.exists():  # the same step saved again (e.g. a stop right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
+        prune_checkpoints(run_dir, keep, trusted_before)
     dist.barrier()
     return final
 
@@ -181,8 +232,8 @@ def read_trainer_state(path: Path) -> TrainerState:
 
 
 def load_checkpoint(dist: Dist, path: Path) -> TrainerState:
-    """Accelerate's state and the trainer's; whether this layout can load it was checked at start-up
-    (bonsai.train.resize)."""
+    """The strategy's state and the trainer's; whether this layout can load it was checked at start-up
+    (bonsai.train.resume.resize)."""
     state = read_trainer_state(path)
-    dist.accelerator.load_state(str(path))
+    dist.strategy.load(path)
     return state
