@@ -8,7 +8,7 @@ with save_pretrained, the 302 sample records, max length 256, 8 rows per step, f
 - bonsai: `bonsai train` with everything on that a user gets by default: per-record losses, the monitor
   (its host sync every step), the data log, exact-resume bookkeeping, a metrics row every step, the final
   checkpoint and model (after the timed steps). Extra `bonsai train` overrides can be given with
-  `--bonsai-set key=value` (e.g. `train.compile=true`).
+  `--bonsai-set key=value` (e.g. `model.loss_chunk_above_mib=0` to always chunk the loss).
 - bare: AutoModelForCausalLM loaded from the same directory (sdpa), AdamW with Bonsai's betas and
   the same cosine schedule, gradient clipping at 1.0, and nothing else: no logging, no host sync.
 
