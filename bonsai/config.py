@@ -86,6 +86,11 @@ class ModelConfig(_Section):
     loss_chunk_tokens: int = Field(256, ge=0)
     """Positions scored per chunk of the loss: logits exist for one chunk at a time (their gradients are
     taken in forward, nothing is recomputed). 0 computes the whole row's logits at once."""
+    loss_chunk_above_mib: int = Field(256, ge=0)
+    """Chunk the loss only where one micro-batch's whole fp32 logits (micro_batch_size x data.max_length x
+    vocabulary x 4 bytes) would take at least this many MiB; below it they are small, chunking saves no
+    memory that matters and costs a few percent of a step (measured: bench/RESULTS.md, issue 28), so the
+    whole-row logits are used. The start-up log says which. 0: always chunk (when loss_chunk_tokens > 0)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about a third more compute."""
     trust_remote_code: bool = False
@@ -470,7 +475,8 @@ def save_resolved(cfg: BonsaiConfig, path: Path) -> None:
 # The micro-batch may change: the checkpoint's global batch is kept (bonsai.train.resume.resize).
 MAY_CHANGE_ON_RESUME = ("train.max_steps", "train.micro_batch_size", "train.checkpoint_every",
                         "train.keep_checkpoints", "train.async_checkpoint", "train.log_every", "data.on_change",
-                        "eval.", "logging.", "distributed.", "monitor.", "model.cache_dir")
+                        "eval.", "logging.", "distributed.", "monitor.", "model.cache_dir",
+                        "model.loss_chunk_above_mib")  # a speed setting: same losses up to rounding
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

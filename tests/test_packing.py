@@ -219,3 +219,17 @@ def test_eos_loss_and_bits_per_byte_match_a_hand_computation(model, tokenizer):
     total = sum(losses) / (math.log(2) * sum(len(r.output.encode()) for r in records))
     assert metrics["bpb"] == pytest.approx(total, rel=1e-6) and metrics["loss"] == pytest.approx(
         sum(losses) / out.record_tokens.sum().item(), rel=1e-6)
+
+
+def test_the_loss_is_chunked_only_where_whole_logits_would_be_large():
+    from bonsai.config import ModelConfig
+    from bonsai.model.loading import loss_chunk_tokens
+
+    cfg = ModelConfig(name_or_path="tiny-phi", loss_chunk_tokens=256)
+    assert loss_chunk_tokens(cfg, 2048, 8 * 256) == 0  # 16 MiB of logits: whole rows
+    assert loss_chunk_tokens(cfg, 51200, 2048) == 256  # Phi-2, one 2048-token row: 400 MiB, chunked
+    assert loss_chunk_tokens(cfg, 2048, None) == 256  # no batch size given (eval, export): as configured
+    always = cfg.model_copy(update={"loss_chunk_above_mib": 0})
+    assert loss_chunk_tokens(always, 2048, 8 * 256) == 256
+    never = cfg.model_copy(update={"loss_chunk_tokens": 0})
+    assert loss_chunk_tokens(never, 51200, 2048) == 0

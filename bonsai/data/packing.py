@@ -134,10 +134,10 @@ class Batch:
     position_ids: torch.Tensor  # (B, L), restarting at 0 for every document
     doc_index: torch.Tensor  # (B, L), index into `records`, -1 on padding
     records: list[Record]
-
-    @property
-    def num_target_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
+    # Counted in Python as the batch is built: read from the tensors, each would be a host sync on a GPU.
+    num_target_tokens: int = 0  # response tokens (labels that are not IGNORE_INDEX)
+    num_tokens: int = 0  # real tokens (not padding)
+    host_position_ids: torch.Tensor | None = None  # after `to`: the host copy (documents found without a sync)
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -146,32 +146,37 @@ class Batch:
             self.position_ids.to(device),
             self.doc_index.to(device),
             self.records,
+            self.num_target_tokens,
+            self.num_tokens,
+            self.position_ids if self.host_position_ids is None else self.host_position_ids,
         )
 
 
 def collate(rows: list[Row], pad_id: int, pad_to: int | None = None) -> Batch:
-    """Stack rows, padding to `pad_to` (fixed shapes) or to the longest row."""
+    """Stack rows, padding to `pad_to` (fixed shapes) or to the longest row. Each row is built as Python
+    lists and each field becomes a tensor in one call (four small copies per document cost more)."""
     length = pad_to or max(r.length for r in rows)
-    shape = (len(rows), length)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    doc_index = torch.full(shape, -1, dtype=torch.long)
+    fields: tuple[list, list, list, list] = ([], [], [], [])
     records: list[Record] = []
-    for b, row in enumerate(rows):
-        start = 0
+    targets = 0
+    for row in rows:
+        ids, labels, positions, owners = [], [], [], []
         for doc in row.documents:
-            end = start + len(doc)
-            input_ids[b, start:end] = torch.tensor(doc.encoded.input_ids)
-            labels[b, start:end] = torch.tensor(doc.encoded.labels)
-            position_ids[b, start:end] = torch.arange(len(doc))
-            doc_index[b, start:end] = len(records)
+            ids += doc.encoded.input_ids
+            labels += doc.encoded.labels
+            positions += range(len(doc))
+            owners += [len(records)] * len(doc)
             records.append(doc.record)
-            start = end
+            targets += doc.encoded.num_target_tokens
+        pad = length - len(ids)
         # Padding restarts its positions too, so position-based document detection sees it as one more
         # document (it carries no loss) instead of the tail of the last real one.
-        position_ids[b, start:] = torch.arange(length - start)
-    return Batch(input_ids, labels, position_ids, doc_index, records)
+        for field, tail in zip((ids, labels, positions, owners), ([pad_id] * pad, [IGNORE_INDEX] * pad, range(pad), [-1] * pad)):
+            field += tail
+        for out, field in zip(fields, (ids, labels, positions, owners)):
+            out.append(field)
+    tensors = [torch.tensor(f, dtype=torch.long) for f in fields]
+    return Batch(*tensors, records, targets, sum(r.length for r in rows))
 
 
 def block_causal_mask(doc_index: torch.Tensor) -> torch.Tensor:

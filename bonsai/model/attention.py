@@ -34,14 +34,16 @@ DENSE_MASK = frozenset({"sdpa", "eager"})
 """Implementations that need Bonsai's block-causal mask to isolate packed documents."""
 
 
-def document_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+def document_bounds(position_ids: torch.Tensor, on_host: bool = False) -> list[list[tuple[int, int]]]:
     """(B, L) position ids -> per row, the [start, end) of each document: one starts wherever a position
     does not follow its predecessor (transformers' `find_packed_sequence_indices` rule)."""
     first = position_ids[:, :1] - 1
     starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
     length = position_ids.shape[1]
     bounds = []
-    for row in starts.tolist():
+    # `on_host`: a copy that never was on the device (through numpy: not a read of the device, and not
+    # counted as one by bonsai.observe.host_syncs).
+    for row in (starts.numpy().tolist() if on_host else starts.tolist()):
         begins = [i for i, s in enumerate(row) if s] or [0]
         if begins[0] != 0:
             begins.insert(0, 0)
@@ -52,17 +54,32 @@ def document_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
 @dataclass(frozen=True)
 class _Bucket:
     """Documents of similar length, gathered into one (N, longest) batch: `index` holds each one's token
-    positions in the flattened (B * L) row, padded at the end by repeating its first position."""
+    positions in the flattened (B * L) row, padded at the end by repeating its first position; `keep`
+    the positions of the real tokens in the flattened (N * longest) batch."""
 
     index: torch.Tensor  # (N, longest)
-    valid: torch.Tensor  # (N, longest), False on the end padding
+    keep: torch.Tensor  # (tokens,)
+    longest: int
 
 
-def document_buckets(position_ids: torch.Tensor, batch: int) -> tuple[list[_Bucket], torch.Tensor]:
+def _bucket(docs: list[tuple[int, int]], device) -> tuple[_Bucket, list[int]]:
+    """One bucket of (flat start, length) documents, and its real tokens' flat positions in row order.
+    Built in Python on the host: on a GPU every index here would otherwise be a nonzero (a host sync) per
+    bucket per layer; now the only one is reading the positions (document_bounds), once per forward."""
+    longest = max(n for _, n in docs)
+    index = [[s + (j if j < n else 0) for j in range(longest)] for s, n in docs]
+    keep = [i * longest + j for i, (_, n) in enumerate(docs) for j in range(n)]
+    order = [s + j for s, n in docs for j in range(n)]
+    bucket = _Bucket(torch.tensor(index, device=device), torch.tensor(keep, device=device), longest)
+    return bucket, order
+
+
+def document_buckets(position_ids: torch.Tensor, batch: int, device=None) -> tuple[list[_Bucket], torch.Tensor]:
     """The documents of every row, bucketed by the power of two above their length (a handful of sdpa
     calls per layer instead of one per document, at most 4x the attention of exact lengths), and the
-    permutation that puts the buckets' outputs back in row order."""
-    bounds = document_bounds(position_ids)
+    permutation that puts the buckets' outputs back in row order. `device`: where the buckets go, when
+    `position_ids` is the batch's host copy."""
+    bounds = document_bounds(position_ids, on_host=device is not None)
     if len(bounds) != batch:  # one row of positions shared by the batch
         bounds = bounds * batch
     length = position_ids.shape[1]
@@ -71,16 +88,16 @@ def document_buckets(position_ids: torch.Tensor, batch: int) -> tuple[list[_Buck
         for s, e in row:
             by_size.setdefault(max(e - s - 1, 0).bit_length(), []).append((b * length + s, e - s))
     buckets, order = [], []
-    device = position_ids.device
+    device = device or position_ids.device
     for docs in by_size.values():
-        starts = torch.tensor([s for s, _ in docs], device=device)
-        sizes = torch.tensor([n for _, n in docs], device=device)
-        steps = torch.arange(int(sizes.max()), device=device)
-        valid = steps[None, :] < sizes[:, None]
-        index = torch.where(valid, starts[:, None] + steps[None, :], starts[:, None])
-        buckets.append(_Bucket(index, valid))
-        order.append(index[valid])
-    return buckets, torch.argsort(torch.cat(order))
+        bucket, positions = _bucket(docs, device)
+        buckets.append(bucket)
+        order += positions
+    # The inverse of `order`, computed here rather than by argsort on the device.
+    inverse = [0] * len(order)
+    for i, p in enumerate(order):
+        inverse[p] = i
+    return buckets, torch.tensor(inverse, device=device)
 
 
 _last: tuple = (None, -1, 0, None)  # (position_ids tensor, its version, batch, its buckets)
@@ -95,6 +112,14 @@ def _cached_buckets(position_ids: torch.Tensor, batch: int):
         buckets = document_buckets(position_ids, batch)
         _last = (position_ids, position_ids._version, batch, buckets)
     return buckets
+
+
+def prime_document_buckets(position_ids: torch.Tensor, host_position_ids: torch.Tensor) -> None:
+    """The documents of a forward's rows, found from the batch's host copy of its positions: then reading
+    the device tensor back (a host sync per forward on a GPU) is not needed."""
+    global _last
+    batch = position_ids.shape[0]
+    _last = (position_ids, position_ids._version, batch, document_buckets(host_position_ids, batch, position_ids.device))
 
 
 def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -116,7 +141,8 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, 
     for bucket in buckets:
         q, k, v = (t[bucket.index].transpose(1, 2) for t in flat)  # (N, heads, longest, dim)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
-        outputs.append(out.transpose(1, 2)[bucket.valid])  # (tokens, heads, dim)
+        # (tokens, heads, dim): an integer gather, not a boolean mask (no host sync, forward or backward)
+        outputs.append(out.transpose(1, 2).reshape(-1, heads, dim)[bucket.keep])
     return torch.cat(outputs)[order].reshape(batch, length, heads, dim), None
 
 
@@ -151,8 +177,13 @@ def needs_dense_mask(implementation: str) -> bool:
     return implementation in DENSE_MASK
 
 
-def describe_attention(implementation: str, loss_chunk_tokens: int) -> str:
-    """The start-up line that says how packed documents are kept apart and how the loss is taken."""
+def describe_attention(implementation: str, loss_chunk_tokens: int, configured_chunk: int | None = None,
+                       logits_mib: float | None = None) -> str:
+    """The start-up line that says how packed documents are kept apart and how the loss is taken (and,
+    where model.loss_chunk_above_mib turned chunking off, why)."""
     how = "a dense block mask per row" if needs_dense_mask(implementation) else "position_ids, no mask"
     loss = f"logits {loss_chunk_tokens} positions at a time" if loss_chunk_tokens else "whole-row logits"
+    if logits_mib is not None:
+        loss += f" (a micro-batch's whole logits: {logits_mib:.0f} MiB"
+        loss += "; under model.loss_chunk_above_mib, chunking would buy nothing)" if configured_chunk and not loss_chunk_tokens else ")"
     return f"attention: {implementation} (documents isolated by {how}); loss: {loss}"

@@ -35,10 +35,11 @@ def load_tokenizer(checkpoint: str, cfg: ModelConfig):
 
 
 def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, device_type: str = "cpu",
-               main_process: bool = True, partitioned: bool = False):
+               main_process: bool = True, partitioned: bool = False, batch_positions: int | None = None):
     """`partitioned`: the strategy builds the model partitioned as it is created (DeepSpeed ZeRO-3, whose
     config transformers then sees): every rank calls this, and `main_process` (rank 0) reads the weights,
-    one tensor at a time."""
+    one tensor at a time. `batch_positions` (rows x length of a micro-batch): the loss is chunked only
+    where that many positions' logits would be large (`model.loss_chunk_above_mib`); None: as configured."""
     attention = resolve_attention(cfg.attn_implementation, device_type)
     directory = _local_safetensors_dir(checkpoint, cfg.revision) if partitioned else None
     if directory is not None:
@@ -54,7 +55,7 @@ def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, de
             use_safetensors=None if cfg.trust_remote_code else True,
         )
     model.config.use_cache = False  # no KV cache in training; it only costs memory
-    if cfg.loss_chunk_tokens:
+    if loss_chunk_tokens(cfg, model.config.vocab_size, batch_positions):
         install_loss_head(model, cfg.loss_chunk_tokens)
     if cfg.gradient_checkpointing:
         # transformers 5.24 renamed it (the old name warns on every rank); older 5.x has only the old one.
@@ -65,6 +66,14 @@ def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, de
     if cfg.finetune == "lora":
         model = wrap_lora(model, cfg)
     return model
+
+
+def loss_chunk_tokens(cfg: ModelConfig, vocab_size: int, batch_positions: int | None) -> int:
+    """The chunk size the loss head takes, 0 for whole-row logits: chunks only pay where the logits are big."""
+    if not cfg.loss_chunk_tokens or batch_positions is None or not cfg.loss_chunk_above_mib:
+        return cfg.loss_chunk_tokens
+    logits_mib = batch_positions * vocab_size * 4 / 2**20
+    return cfg.loss_chunk_tokens if logits_mib >= cfg.loss_chunk_above_mib else 0
 
 
 def _local_safetensors_dir(checkpoint: str, revision: str | None) -> Path | None:

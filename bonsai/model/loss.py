@@ -18,7 +18,7 @@ from bonsai.data.packing import Batch, additive_mask, block_causal_mask
 from bonsai.data.records import Record
 from bonsai.data.template import IGNORE_INDEX
 from bonsai.metric_keys import CATEGORY, LANGUAGE
-from bonsai.model.attention import needs_dense_mask
+from bonsai.model.attention import VARLEN, needs_dense_mask, prime_document_buckets
 from bonsai.model.loss_head import find_loss_head
 
 
@@ -43,6 +43,8 @@ def _attention_mask(model, batch: Batch) -> torch.Tensor | None:
 
 
 def forward_loss(model, batch: Batch) -> MicroBatchLoss:
+    if batch.host_position_ids is not None and _config_holder(model).config._attn_implementation == VARLEN:
+        prime_document_buckets(batch.position_ids, batch.host_position_ids)
     inputs = dict(input_ids=batch.input_ids, attention_mask=_attention_mask(_config_holder(model), batch),
                   position_ids=batch.position_ids, use_cache=False)
     # Token t predicts token t+1. The first token of every document is prompt (never a target),
@@ -70,7 +72,8 @@ def _last_target_loss(token_loss: torch.Tensor, counted: torch.Tensor, owner: to
     mean over the answer's tokens hardly moves. 0 for a document without targets."""
     position = torch.arange(len(token_loss), device=token_loss.device)
     last = torch.full((n,), -1, dtype=torch.long, device=token_loss.device)
-    last.scatter_reduce_(0, owner[counted], position[counted], reduce="amax")
+    # Uncounted positions carry -1, which amax ignores: no boolean mask, so no host sync on a GPU.
+    last.scatter_reduce_(0, owner, torch.where(counted, position, -1), reduce="amax")
     return torch.where(last >= 0, token_loss.detach()[last.clamp(min=0)], torch.zeros_like(last, dtype=token_loss.dtype))
 
 
@@ -103,6 +106,19 @@ def breakdown_sums(records: list[Record], record_loss_sum: torch.Tensor, record_
     answer = torch.tensor([answer_bytes(r) for r in records], dtype=torch.float64, device=device) * (record_tokens > 0)
     values = torch.stack([record_loss_sum.double(), record_tokens.double(), answer], dim=1).repeat_interleave(3, dim=0)
     return torch.zeros(len(BREAKDOWN_KEYS), len(SUMS), dtype=torch.float64, device=device).index_add_(0, index, values)
+
+
+def breakdown_sums_host(records: list[Record], record_loss_sum: list[float], record_tokens: list[float]) -> list[list[float]]:
+    """`breakdown_sums` from values already on the host, in plain Python (the same sums, in the same order)."""
+    sums = [[0.0] * len(SUMS) for _ in BREAKDOWN_KEYS]
+    for record, loss, tokens in zip(records, record_loss_sum, record_tokens):
+        answer = float(answer_bytes(record)) if tokens > 0 else 0.0
+        for key in ("all", f"{CATEGORY}{record.category}", f"{LANGUAGE}{record.lang}"):
+            row = sums[_SLOT[key]]
+            row[0] += loss
+            row[1] += tokens
+            row[2] += answer
+    return sums
 
 
 def breakdown_metrics(loss_key: str, sums: list[list[float]], bits_key: str) -> dict[str, float]:

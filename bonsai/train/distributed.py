@@ -111,7 +111,8 @@ def set_cpu_threads(requested: int | None) -> str:
 
 SETUP_MMAP_THRESHOLD = 1 << 20  # while the model is built, loaded and partitioned
 TRAINING_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its moving threshold
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
 
 
 def set_malloc_mmap_threshold(size: int) -> bool:
@@ -121,11 +122,18 @@ def set_malloc_mmap_threshold(size: int) -> bool:
     that size come from the heap and the process keeps its peak. Measured: a 0.9 B-parameter Phi under
     ZeRO-3 on 2 CPU ranks held 3.2-3.4 GiB per rank for a 1.66 GiB partition; 2.0 GiB with 1 MiB during
     set-up. Training then uses 32 MiB: with 1 MiB throughout, mapping every activation cost the CPU demo
-    18 % of its wall time. A user's MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set."""
+    18 % of its wall time. A user's MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set.
+
+    Setting the threshold also stops glibc from moving the trim threshold, which then stays at 128 KiB:
+    the heap's free top was handed back to the system after nearly every step and faulted in again (issue
+    28: twice the page faults of a bare loop, 1.4 s more system time in 12 steps of bench/framework_cost.py's
+    shape). So the trim threshold is set as glibc's own rule would: twice the mmap threshold."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
+        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * size)
         done = libc.mallopt(_M_MMAP_THRESHOLD, size)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to fix
         return False

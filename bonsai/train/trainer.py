@@ -39,6 +39,7 @@ from bonsai.errors import (CheckpointMismatch, CheckpointWriteError, CollectiveF
 from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.attention import describe_attention
+from bonsai.model.loss_head import find_loss_head
 from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, resolve_save_dtype,
                                   save_final_model)
 from bonsai.model.source import resolve_checkpoint
@@ -271,9 +272,12 @@ class Trainer:
             raise ConfigError(f"train.async_checkpoint=true: under {dist.strategy.layout().describe()} checkpoints "
                               f"are written in the foreground; launch with launch/fsdp2.yaml, or set it to false")
         set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
+        positions = cfg.train.micro_batch_size * cfg.data.max_length
         model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type, dist.is_main,
-                           partitioned=dist.strategy.builds_partitioned)
-        self.say(describe_attention(model.config._attn_implementation, cfg.model.loss_chunk_tokens))
+                           partitioned=dist.strategy.builds_partitioned, batch_positions=positions)
+        chunk = find_loss_head(model).chunk_tokens if find_loss_head(model) else 0
+        self.say(describe_attention(model.config._attn_implementation, chunk, cfg.model.loss_chunk_tokens,
+                                    positions * model.config.vocab_size * 4 / 2**20))
         total, trainable = count_parameters(model)
         self.say(f"model: {self.model_source} ({cfg.model.finetune}), {total:,} parameters, {trainable:,} trainable; "
                  f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation "
@@ -403,8 +407,8 @@ class Trainer:
             return
         stats = outcome.stats
         outcome.metrics = {
-            keys.TRAIN_LOSS: stats.loss.item(),  # host sync: logging only
-            keys.GRAD_NORM: stats.grad_norm.item(),
+            keys.TRAIN_LOSS: stats.host().loss,  # read once per step, with the monitor's values
+            keys.GRAD_NORM: stats.host().grad_norm,
             keys.LEARNING_RATE: self.scheduler.get_last_lr()[0],
             keys.TOKENS_SEEN: state.tokens_seen,
             keys.TARGET_TOKENS_SEEN: state.target_tokens_seen,

@@ -62,10 +62,10 @@ class MonitorCallback(Callback):
 
     def judge(self, step: int, stats: StepStats, position: StreamPosition) -> list[Event]:
         dist = self.trainer.dist
-        # host sync: the monitor must decide before the update whether to apply it.
-        loss, grad_norm = stats.loss.item(), stats.grad_norm.item()
-        losses, tokens = stats.record_loss_sum.tolist(), stats.record_tokens.tolist()
-        self.tracker.update(stats.records, losses, tokens, stats.record_eos_loss.tolist())
+        # The step's one host sync (shared with the metrics row): the monitor must decide before the update.
+        host = stats.host()
+        loss, grad_norm, losses, tokens = host.loss, host.grad_norm, host.record_loss_sum, host.record_tokens
+        self.tracker.update(stats.records, losses, tokens, host.record_eos_loss)
         events = self.detector.check(step, loss, grad_norm)
         if events:  # every rank reached the same decision from the same global values: a safe collective
             gathered = dist.gather_objects((batch_records(stats.records, losses, tokens), position.to_dict()))
