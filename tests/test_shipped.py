@@ -11,7 +11,9 @@ phi2_full.yaml)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from functools import cache
@@ -93,12 +95,20 @@ def shipped_run(tmp_path_factory, model_cache):
         path = write_config(root / f"{config}-{launch}.yaml", cpu_cut(config, run_dir, model_cache))
         # W&B is the environment's choice, not a shipped file's; its offline runs are tested elsewhere.
         env = subprocess_env() | {"WANDB_MODE": "disabled"}
-        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for cmd in launch_commands(launch, path)]
+        # Each launcher in its own session: on a timeout the whole tree goes (workers left behind would wait
+        # for their launcher's store for good), and the output so far is in the failure, before pytest's
+        # own time limit ends the test without it.
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True) for cmd in launch_commands(launch, path)]
         outputs = []
         try:
             for proc in procs:
-                outputs.append(proc.communicate(timeout=LAUNCH_TIMEOUT_S)[0])
+                outputs.append(proc.communicate(timeout=LAUNCH_TIMEOUT_S - 30)[0])
+        except subprocess.TimeoutExpired:
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGKILL)
+            outputs = [proc.communicate()[0] for proc in procs]
+            pytest.fail(f"{config} on {launch}: no end after {LAUNCH_TIMEOUT_S - 30} s\n" + "\n".join(outputs)[-6000:])
         finally:
             for proc in procs:
                 proc.kill()
