@@ -13,6 +13,19 @@ import yaml
 from bonsai.observe.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+# The side-by-side benchmarks' model (vs_trl, framework_cost, scaling): bigger than the demo's tiny Phi, so
+# the model's compute, not Python overhead, dominates a step.
+SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
+SEED, LR, WARMUP_STEPS = 42, 1e-3, 5
+
+
+def build_model(cache: Path) -> Path:
+    """A random-init Phi of SHAPE with a tokenizer trained on the sample data, saved with save_pretrained."""
+    from bonsai.config import TinyPhiConfig
+    from bonsai.model.source import tiny_phi_for
+
+    return tiny_phi_for(str(SAMPLE), TinyPhiConfig(**SHAPE), cache, seed=SEED)
 
 
 def free_port() -> int:

@@ -41,19 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from common import ROOT, step_rows
-
-SAMPLE = ROOT / "data" / "sample"
-SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
-SEED, LR, WARMUP_STEPS = 42, 1e-3, 5
-
-
-def build_model(cache: Path) -> Path:
-    from bonsai.config import TinyPhiConfig
-    from bonsai.model.source import tiny_phi_for
-
-    return tiny_phi_for(str(SAMPLE), TinyPhiConfig(**SHAPE), cache, seed=SEED)
-
+from common import LR, ROOT, SAMPLE, SEED, SHAPE, WARMUP_STEPS, build_model, step_rows
 
 def bonsai_config(model_dir: Path, run_dir: Path, args) -> dict:
     return {

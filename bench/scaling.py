@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, run_bonsai, step_rows
+from common import ROOT, SHAPE, run_bonsai, step_rows
 
-SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
 ACCOUNTING = re.compile(r"rank (\d+): params ([\d.]+) MiB, grads ([\d.]+) MiB, optimizer ([\d.]+) MiB, "
                         r"master_weights ([\d.]+) MiB")
 

@@ -30,20 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, run_bonsai, step_rows
-
-SAMPLE = ROOT / "data" / "sample"
-# Bigger than the demo's tiny Phi, so the model's compute, not Python overhead, dominates a step.
-SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "vocab_size": 2048}
-SEED, LR, WARMUP_STEPS = 42, 1e-3, 5
-
-
-def build_model(cache: Path) -> Path:
-    from bonsai.config import TinyPhiConfig
-    from bonsai.model.source import tiny_phi_for
-
-    return tiny_phi_for(str(SAMPLE), TinyPhiConfig(**SHAPE), cache, seed=SEED)
-
+from common import LR, SAMPLE, SEED, SHAPE, WARMUP_STEPS, build_model, run_bonsai, step_rows
 
 def bonsai_side(model_dir: Path, work: Path, args) -> dict:
     run_dir = work / f"bonsai-{time.time_ns()}"
