@@ -28,6 +28,20 @@ def build_model(cache: Path) -> Path:
     return tiny_phi_for(str(SAMPLE), TinyPhiConfig(**SHAPE), cache, seed=SEED)
 
 
+def bonsai_config(model_dir: Path, run_dir: Path, args) -> dict:
+    """Bonsai's side of a side-by-side benchmark (vs_trl, framework_cost): `args.max_length`, `.rows` per
+    step and `.steps`, packed, fp32, clipping at 1.0, nothing evaluated, W&B off."""
+    return {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"path": str(SAMPLE), "max_length": args.max_length, "packing": True, "eval_fraction": 0.0},
+        "train": {"output_dir": str(run_dir), "seed": SEED, "max_steps": args.steps, "micro_batch_size": args.rows,
+                  "gradient_accumulation_steps": 1, "lr": LR, "warmup_steps": WARMUP_STEPS, "precision": "fp32",
+                  "max_grad_norm": 1.0, "log_every": 1, "checkpoint_every": 0},
+        "eval": {"every_steps": 0, "probes": None},
+        "logging": {"progress_bar": False, "wandb": {"mode": "disabled"}},
+    }  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,18 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from common import LR, ROOT, SAMPLE, SEED, SHAPE, WARMUP_STEPS, build_model, step_rows
-
-def bonsai_config(model_dir: Path, run_dir: Path, args) -> dict:
-    return {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"path": str(SAMPLE), "max_length": args.max_length, "packing": True, "eval_fraction": 0.0},
-        "train": {"output_dir": str(run_dir), "seed": SEED, "max_steps": args.steps, "micro_batch_size": args.rows,
-                  "gradient_accumulation_steps": 1, "lr": LR, "warmup_steps": WARMUP_STEPS, "precision": "fp32",
-                  "max_grad_norm": 1.0, "log_every": 1, "checkpoint_every": 0},
-        "eval": {"every_steps": 0, "probes": None},
-        "logging": {"progress_bar": False, "wandb": {"mode": "disabled"}},
-    }  # fmt: skip
+from common import LR, ROOT, SEED, SHAPE, WARMUP_STEPS, bonsai_config, build_model, step_rows
 
 
 def with_overrides(cfg: dict, overrides: list[str]) -> dict:

@@ -30,19 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import LR, SAMPLE, SEED, SHAPE, WARMUP_STEPS, build_model, run_bonsai, step_rows
+from common import LR, SAMPLE, SEED, SHAPE, WARMUP_STEPS, bonsai_config, build_model, run_bonsai, step_rows
+
 
 def bonsai_side(model_dir: Path, work: Path, args) -> dict:
     run_dir = work / f"bonsai-{time.time_ns()}"
-    cfg = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"path": str(SAMPLE), "max_length": args.max_length, "packing": True, "eval_fraction": 0.0},
-        "train": {"output_dir": str(run_dir), "seed": SEED, "max_steps": args.steps, "micro_batch_size": args.rows,
-                  "gradient_accumulation_steps": 1, "lr": LR, "warmup_steps": WARMUP_STEPS, "precision": "fp32",
-                  "max_grad_norm": 1.0, "log_every": 1, "checkpoint_every": 0},
-        "eval": {"every_steps": 0, "probes": None},
-        "logging": {"progress_bar": False, "wandb": {"mode": "disabled"}},
-    }  # fmt: skip
+    cfg = bonsai_config(model_dir, run_dir, args)
     run_bonsai(cfg, work / f"{run_dir.name}.yaml")
     rows = step_rows(run_dir)
     first, last = rows[args.warmup], rows[args.steps]
