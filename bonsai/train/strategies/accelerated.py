@@ -15,9 +15,9 @@ from bonsai.train.strategies.base import Strategy
 
 
 class AcceleratedStrategy(Strategy):
-    def __init__(self, accelerator):
+    def __init__(self, accelerator, precision: str | None = None):
         self.accelerator = accelerator
-        self.precision = accelerator.mixed_precision
+        self.precision = precision or accelerator.mixed_precision  # Accelerate applies it here
 
     def prepare(self, model, optimizer, scheduler):
         return self.accelerator.prepare(model, optimizer, scheduler)

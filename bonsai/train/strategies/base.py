@@ -3,7 +3,7 @@
 The trainer, the step, checkpointing, resharding, export, throughput and memory accounting and the model
 card ask the run's Strategy; none of them tests a ZeRO stage (torchtitan's ParallelDims and OLMo-core's
 TrainModule play this part there). Strategies: DDP (one process included) and DeepSpeed ZeRO-1/2/3 through
-Accelerate (bonsai.train.strategies.accelerate), FSDP2 with torch's own fully_shard and distributed
+Accelerate (bonsai.train.strategies.ddp and .zero, on .accelerated), FSDP2 with torch's own fully_shard and distributed
 checkpoints (bonsai.train.strategies.fsdp2). Adding one is a module with a Strategy and its tests.
 
 Every checkpoint records its strategy's Layout, so a resume knows whether it can load the files as they

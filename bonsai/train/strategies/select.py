@@ -48,17 +48,7 @@ def build_strategy(kind: str, cfg: BonsaiConfig, accumulation: int, precision: s
         step_scheduler_with_optimizer=False,
         gradient_accumulation_steps=accumulation,
     )
-    if kind == "zero":
-        from bonsai.train.strategies.zero import ZeroStrategy
-
-        return ZeroStrategy(accelerator)
-    if kind == "fsdp2":
-        from bonsai.train.strategies.fsdp2 import Fsdp2Strategy
-
-        return Fsdp2Strategy(accelerator, precision)
-    from bonsai.train.strategies.ddp import DdpStrategy
-
-    return DdpStrategy(accelerator)
+    return strategy_class(kind)(accelerator, precision)
 
 
 def strategy_class(kind: str) -> type[Strategy]:
