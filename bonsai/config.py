@@ -81,7 +81,8 @@ class ModelConfig(_Section):
     `Instruct: ... Output:`), chatml (ChatML's user and assistant turns, im_start to im_end). Saved with the model
     as the tokenizer's chat_template; generate and eval read it back."""
     attn_implementation: Literal["auto", "sdpa_varlen", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
-    """auto: flash_attention_2 on CUDA with flash-attn installed, else sdpa_varlen (per-document sdpa). Those and
+    """auto: flash_attention_2 on CUDA with flash-attn installed; on a CPU with data.max_length <= 256, sdpa (a
+    dense block mask is cheaper there: bench/RESULTS.md); else sdpa_varlen (per-document sdpa). Those and
     flex_attention isolate packed documents without a mask; sdpa and eager use a dense (L x L) block mask."""
     loss_chunk_tokens: int = Field(256, ge=0)
     """Positions scored per chunk of the loss: logits exist for one chunk at a time (their gradients are
@@ -175,6 +176,10 @@ class TrainConfig(_Section):
     """dtype of the final model's weights (full, or merged LoRA): auto saves what the run computed in,
     bf16 under bf16 precision (half the disk; Phi-2 itself ships in half precision), fp32 otherwise.
     Checkpoints always keep the fp32 master weights. LoRA adapters are saved in fp32."""
+    compile: bool = False
+    """Compile each decoder layer with torch.compile (regional, as torchtitan does): the first step pays the
+    compile (tens of seconds; a resume finds it in RUN_DIR/compile_cache), later steps run the compiled
+    code. Under DDP, ZeRO-1/2 and FSDP2; not ZeRO-3 (see docs/how-to/compile.md). Generation stays eager."""
     log_every: int = Field(1, ge=1)
     """Steps between metric lines (a step with an instability event and the last step are always logged)."""
 

@@ -34,6 +34,11 @@ class RunDir:
         return self.root / "tokenizer"
 
     @property
+    def compile_cache(self) -> Path:
+        """torch.compile's code cache (train.compile): a resume on any node finds what was compiled."""
+        return self.root / "compile_cache"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 

@@ -17,6 +17,7 @@ from bonsai.data.records import BadRecord, Record, Where, validate_record
 from bonsai.data.template import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate, encode_prompt, template_of
 from bonsai.data.textmetrics import quality_metrics, repetition_metrics
 from bonsai.metric_keys import CATEGORY, LANGUAGE
+from bonsai.model.compile import eager
 
 DEFAULT_PROBES = Path(__file__).parents[1] / "probes" / "default.jsonl"
 
@@ -90,20 +91,21 @@ def generate(model, tokenizer, records: list[Record], decode: DecodeConfig, sync
     for start in range(0, len(records), decode.batch_size):
         ids, mask = prompt_batch(tokenizer, records[start : start + decode.batch_size], device)
         sampled = decode.temperature > 0
-        new = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=decode.max_new_tokens,
-            do_sample=sampled,
-            temperature=decode.temperature if sampled else None,
-            top_p=decode.top_p if sampled else None,
-            repetition_penalty=decode.repetition_penalty,
-            no_repeat_ngram_size=decode.no_repeat_ngram_size,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-            synced_gpus=synced,
-        )[:, ids.shape[1] :]
+        with eager():  # train.compile's layers: compiled for training shapes, not one token at a time
+            new = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=decode.max_new_tokens,
+                do_sample=sampled,
+                temperature=decode.temperature if sampled else None,
+                top_p=decode.top_p if sampled else None,
+                repetition_penalty=decode.repetition_penalty,
+                no_repeat_ngram_size=decode.no_repeat_ngram_size,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+                synced_gpus=synced,
+            )[:, ids.shape[1] :]
         outputs += [_generation(tokenizer, row.tolist(), template) for row in new]
     if was_training:
         model.train()

@@ -154,16 +154,30 @@ def _varlen_mask(*args, attention_mask=None, q_offset=0, kv_offset=0, q_length=N
                      q_length=q_length, kv_length=kv_length, **kwargs)
 
 
-AttentionInterface.register(VARLEN, sdpa_varlen_forward)
+# Never traced by torch.compile (train.compile): its documents change from batch to batch (bonsai.model.compile).
+AttentionInterface.register(VARLEN, torch.compiler.disable(sdpa_varlen_forward, recursive=True))
 ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, _varlen_mask)
 
 
-def resolve_attention(requested: str, device_type: str) -> str:
-    """`auto`: flash_attention_2 on CUDA when flash-attn is installed, else sdpa_varlen. An explicit
-    choice that cannot train here is refused before the model loads."""
+DENSE_MASK_UP_TO = 256
+"""On a CPU, rows up to this long attend through sdpa and a dense block mask under `auto`: at 256 one
+layer's attention (forward + backward) took 29 ms with the mask against 38 ms per document at the tiny
+model's heads (8 x 32), 310 against 303 at Phi-2's (32 x 80), and a whole step of the framework-cost
+benchmark was 0.99 of a bare loop's against 0.90 (bench/attention_paths.py, bench/RESULTS.md, issue 28);
+from 512 on, per-document attention is 1.7-7x cheaper. On CUDA it has not been measured: auto stays
+per-document there."""
+
+
+def resolve_attention(requested: str, device_type: str, row_length: int | None = None) -> str:
+    """`auto`: flash_attention_2 on CUDA when flash-attn is installed; on a CPU with rows of at most
+    DENSE_MASK_UP_TO tokens, sdpa with the block mask; else sdpa_varlen. An explicit choice that cannot
+    train here is refused before the model loads."""
     has_flash = device_type == "cuda" and importlib.util.find_spec("flash_attn") is not None
     if requested == "auto":
-        return "flash_attention_2" if has_flash else VARLEN
+        if has_flash:
+            return "flash_attention_2"
+        short = device_type == "cpu" and row_length is not None and row_length <= DENSE_MASK_UP_TO
+        return "sdpa" if short else VARLEN
     if requested == "flash_attention_2" and not has_flash:
         raise ConfigError("model.attn_implementation flash_attention_2 needs CUDA and the flash-attn package; "
                          "use auto (sdpa_varlen here)")

@@ -35,12 +35,14 @@ def load_tokenizer(checkpoint: str, cfg: ModelConfig):
 
 
 def load_model(checkpoint: str, cfg: ModelConfig, weights_dtype: torch.dtype, device_type: str = "cpu",
-               main_process: bool = True, partitioned: bool = False, batch_positions: int | None = None):
+               main_process: bool = True, partitioned: bool = False, batch_positions: int | None = None,
+               row_length: int | None = None):
     """`partitioned`: the strategy builds the model partitioned as it is created (DeepSpeed ZeRO-3, whose
     config transformers then sees): every rank calls this, and `main_process` (rank 0) reads the weights,
     one tensor at a time. `batch_positions` (rows x length of a micro-batch): the loss is chunked only
-    where that many positions' logits would be large (`model.loss_chunk_above_mib`); None: as configured."""
-    attention = resolve_attention(cfg.attn_implementation, device_type)
+    where that many positions' logits would be large (`model.loss_chunk_above_mib`); None: as configured.
+    `row_length` (data.max_length): what `attn_implementation: auto` chooses by (resolve_attention)."""
+    attention = resolve_attention(cfg.attn_implementation, device_type, row_length)
     directory = _local_safetensors_dir(checkpoint, cfg.revision) if partitioned else None
     if directory is not None:
         model = load_zero3_streamed(directory, main_process, dtype=weights_dtype, attn_implementation=attention,

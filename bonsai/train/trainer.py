@@ -20,7 +20,7 @@ import yaml
 from accelerate.utils import set_seed
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from bonsai.train.callbacks import (Callback, Callbacks, DataLogCallback, EvalCallback, MemoryCallback, MonitorCallback,
+from bonsai.train.callbacks import (Callback, Callbacks, CompileCallback, DataLogCallback, EvalCallback, MemoryCallback, MonitorCallback,
                                     ProbeCallback, StepOutcome, ThroughputCallback)
 from bonsai.train.resume.checkpoint import (PendingCheckpoint, TrainerState, checkpoint_step, find_checkpoint,
                                             free_space_warning, latest_checkpoint, list_checkpoints,
@@ -40,6 +40,7 @@ from bonsai.evaluate.generation import load_probes
 from bonsai.observe.metrics import ConsoleLogger, FanOut, JsonlLogger, MetricsLogger, RowFiles
 from bonsai.model.attention import describe_attention
 from bonsai.model.loss_head import find_loss_head
+from bonsai.model.compile import compile_layers
 from bonsai.model.loading import (count_parameters, load_model, load_tokenizer, resolve_save_dtype,
                                   save_final_model)
 from bonsai.model.source import resolve_checkpoint
@@ -274,7 +275,8 @@ class Trainer:
         set_seed(cfg.train.seed)  # here, so whatever ran before (building a cache, the data scan) cannot matter
         positions = cfg.train.micro_batch_size * cfg.data.max_length
         model = load_model(self.model_source, cfg.model, self.weights_dtype, dist.device.type, dist.is_main,
-                           partitioned=dist.strategy.builds_partitioned, batch_positions=positions)
+                           partitioned=dist.strategy.builds_partitioned, batch_positions=positions,
+                           row_length=cfg.data.max_length)
         chunk = find_loss_head(model).chunk_tokens if find_loss_head(model) else 0
         self.say(describe_attention(model.config._attn_implementation, chunk, cfg.model.loss_chunk_tokens,
                                     positions * model.config.vocab_size * 4 / 2**20))
@@ -283,7 +285,13 @@ class Trainer:
                  f"{dist.world_size} process(es) x micro-batch {cfg.train.micro_batch_size} x accumulation "
                  f"{self.accumulation}; strategy {dist.strategy.layout().describe()}")
         dist.strategy.configure(cfg, self.accumulation)
+        # from_pretrained hands the model over in eval mode: without this, training ran without the dropout
+        # the checkpoint's config asks for (Phi-2: resid_pdrop 0.1), and evaluation's model.train(was_training)
+        # kept it off.
+        model.train()
         model = dist.strategy.shard(model)  # FSDP2 shards here: its optimizer holds the shards
+        if cfg.train.compile:
+            self._compile(model)
         optimizer, summary = build_optimizer(model, cfg)
         self.say(summary)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -291,6 +299,15 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = dist.strategy.prepare(model, optimizer, scheduler)
         self.guard = UpdateGuard()
         self.pending: PendingCheckpoint | None = None  # a checkpoint still being written in the background
+
+    def _compile(self, model) -> None:
+        refusal = self.dist.strategy.compile_refusal()
+        if refusal:
+            raise ConfigError(f"train.compile=true: {refusal}")
+        layers = compile_layers(model, dynamic_length=not self.cfg.data.packing, cache_dir=self.run.compile_cache)
+        shapes = "one row shape" if self.cfg.data.packing else "row length dynamic (data.packing=false)"
+        self.say(f"compile: {layers} decoder layers, each compiled on its first call ({shapes}); generation "
+                 f"stays eager")
 
     def _load(self, checkpoint: Path) -> None:
         """Model, optimizer, scheduler, RNG and counters from `checkpoint`, and every callback's state."""
@@ -636,6 +653,8 @@ def build_callbacks(cfg: BonsaiConfig, updates_in_backward: bool) -> list[Callba
     callbacks.append(EvalCallback())
     if cfg.eval.probes:
         callbacks.append(ProbeCallback(load_probes(cfg.eval.probes)))
+    if cfg.train.compile:
+        callbacks.append(CompileCallback())  # last: graphs built by evaluation count at their step
     return callbacks
 
 

@@ -98,6 +98,10 @@ class Strategy:
     def unwrap(self, model):
         return model
 
+    def compile_refusal(self) -> str | None:
+        """Why train.compile cannot run under this strategy, or None."""
+        return None
+
     # --- a step ---------------------------------------------------------------------------------------
 
     def micro_batch(self, model, last: bool) -> AbstractContextManager:

@@ -46,6 +46,15 @@ class ZeroStrategy(AcceleratedStrategy):
     def shards_parameters(self) -> bool:
         return self.layout().zero_stage == 3
 
+    def compile_refusal(self) -> str | None:
+        # ZeRO-3 gathers each Linear's weights in hooks on the Linear itself, inside the layer: torch.compile
+        # traces into them and splits every layer into many graphs (seen: 12 graphs for 2 layers on the first
+        # step, dynamo's recompile limit hit, the rest of each layer eager).
+        if self.layout().zero_stage == 3:
+            return ("under ZeRO-3, DeepSpeed gathers weights inside each layer and the compiled layers break "
+                    "apart; launch with launch/fsdp2.yaml (sharded like ZeRO-3, and it compiles), or set it to false")
+        return None
+
     def configure(self, cfg: BonsaiConfig, accumulation: int) -> None:
         """Batch, accumulation, clipping and precision in the DeepSpeed config come from Bonsai's."""
         plugin = self.accelerator.state.deepspeed_plugin
