@@ -163,7 +163,7 @@ DENSE_MASK_UP_TO = 256
 """On a CPU, rows up to this long attend through sdpa and a dense block mask under `auto`: at 256 one
 layer's attention (forward + backward) took 29 ms with the mask against 38 ms per document at the tiny
 model's heads (8 x 32), 310 against 303 at Phi-2's (32 x 80), and a whole step of the framework-cost
-benchmark was 0.99 of a bare loop's against 0.90 (bench/attention_paths.py, bench/RESULTS.md, issue 28);
+benchmark was 0.94 of a bare loop's against 0.86 (medians) (bench/attention_paths.py, bench/RESULTS.md, issue 28);
 from 512 on, per-document attention is 1.7-7x cheaper. On CUDA it has not been measured: auto stays
 per-document there."""
 
