@@ -23,17 +23,13 @@ import torch
 import torch.distributed as torch_dist
 
 from bonsai.errors import CheckpointMismatch
+from bonsai.model.compile import decoder_layers  # each its own FSDP unit
 from bonsai.observe.throughput import training_state_bytes
 from bonsai.train.strategies.base import MOMENTS, Layout, Strategy, WholeState
 
 DCP_DIR = "dcp"  # the sharded model and optimizer, in a checkpoint
 SCHEDULER = "scheduler.bin"
 RNG = "rng_rank{rank}.pt"
-
-
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The transformer blocks, each its own FSDP unit (Phi's PhiDecoderLayer; any *DecoderLayer)."""
-    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
 def causal_lm(model) -> torch.nn.Module:
