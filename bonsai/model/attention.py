@@ -178,12 +178,13 @@ def resolve_attention(requested: str, device_type: str, row_length: int | None =
             return "flash_attention_2"
         short = device_type == "cpu" and row_length is not None and row_length <= DENSE_MASK_UP_TO
         return "sdpa" if short else VARLEN
+    here = resolve_attention("auto", device_type, row_length)  # what the hint offers instead
     if requested == "flash_attention_2" and not has_flash:
         raise ConfigError("model.attn_implementation flash_attention_2 needs CUDA and the flash-attn package; "
-                         "use auto (sdpa_varlen here)")
+                         f"use auto ({here} here)")
     if requested == "flex_attention" and device_type != "cuda":
         raise ConfigError("model.attn_implementation flex_attention has no backward on CPU in this torch; "
-                         "use auto (sdpa_varlen) or sdpa")
+                         f"use auto ({here} here) or sdpa")
     return requested
 
 
