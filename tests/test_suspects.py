@@ -121,3 +121,40 @@ def test_an_answer_that_stops_mid_sentence_is_named_where_its_category_ends_sent
     lists = [Record(f"l{i}", f"Name some fruit ({i}).", "", "1. Apples 2. Pears 3. Plums", "brainstorming", "en")
              for i in range(12)]
     assert set(unfinished_endings(prose + [cut, quoted] + lists)) == {"cut"}  # lists never end a sentence
+
+
+def test_an_answer_not_drawn_from_its_context_is_named_where_its_category_answers_from_context():
+    from bonsai.data.checks import off_context_answers
+
+    passage = "アサガオは夏の花で、花は早朝に開き、昼ごろにはしぼみます。"
+    extractive = [Record(f"c{i}", f"アサガオの花はいつ開きますか？({i})", passage, "早朝に開きます。", "closed_qa", "ja")
+                  for i in range(12)]
+    other_language = Record("en", "アサガオの花はいつ開きますか？", passage, "They open early in the morning.",
+                            "closed_qa", "ja")
+    labels = [Record(f"l{i}", "Is it a mammal, bird, reptile, or fish? Answer with one word.", animal, label,
+                     "classification", "en") for i, (animal, label) in
+              enumerate([("whale", "Mammal."), ("crocodile", "reptile"), ("eagle", "bird")] * 4)]
+    sentence = Record("long", "Is it a mammal, bird, reptile, or fish? Answer with one word.", "crocodile",
+                      "Crocodiles are cold-blooded, have scaly skin and lay eggs on land.", "classification", "en")
+    opinions = [Record(f"o{i}", f"Write a poem about rain ({i}).", "", "Soft drops on the roof, a quiet song.",
+                       "creative", "en") for i in range(12)]
+    found = off_context_answers(extractive + [other_language] + labels + [sentence] + opinions)
+    assert set(found) == {"en", "long"}  # a poem's words are its own: creative answers from no context
+    assert found["long"] == ("0% of its answer is in its instruction and input, where the median classification "
+                             "answer takes 100% from them")
+    assert not off_context_answers(extractive[:5] + [other_language])  # six records say too little
+
+
+@pytest.mark.parametrize("text, cut", [
+    ("1. Fix leaks.\n2. Take shorter showers.\n3. Only run the dishwasher when", True),
+    ("ある朝、ユイは雨の音で目を覚ました。台所へ行くと、お母さんがにっこり笑って", True),
+    ("1. 尤克里里：只有四根弦。\n2. 口琴：小巧便宜。\n3. 非洲", True),
+    ("1. Fix leaks\n2. Take shorter showers\n3. Run full loads", False),  # items never end: a plain list
+    ("Dear Mozart,\n\nYour music still plays everywhere.\n\nA fan from the future", False),  # a sign-off
+    ("It is 3.5 km long", False),  # a decimal point is no sentence end
+    ("Soft rain on the roof\na quiet song", False),
+])
+def test_an_answer_whose_sentences_end_but_whose_last_does_not_is_cut_off(text, cut):
+    from bonsai.data.checks import cut_off
+
+    assert cut_off(text) is cut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from functools import cache
 
@@ -335,11 +336,84 @@ SENTENCE_FINAL = frozenset("。．.!?！？」』)）\"”'’…")
 ENDING_USUAL = 0.9  # a category whose answers end a sentence this often expects every answer to
 
 
+_LIST_MARKER = re.compile(r"^\s*(?:\d+[.)、．]|[-*•・])\s*", re.MULTILINE)
+_INNER_SENTENCE_END = re.compile(r"[。！？!?]|(?<!\b\d)\.(?=\s)")  # not the "2." of "1. Apples 2. Pears"
+
+
+def cut_off(text: str) -> bool:
+    """An answer whose own sentences end but whose last one does not: "…散射，因此", a list whose items
+    end with a full stop and whose last item stops at "when", a story cut off at "…笑って". A closing line
+    set apart by a blank line (a letter's sign-off) ends without one by custom and is not judged."""
+    body = _LIST_MARKER.sub("", text).strip()
+    if not body or body[-1] in SENTENCE_FINAL:
+        return False
+    head, blank, last = body.rpartition("\n\n")
+    if blank and not _INNER_SENTENCE_END.search(last):
+        return False
+    return bool(_INNER_SENTENCE_END.search(body))
+
+
 def unfinished_endings(records: list[Record]) -> dict[str, str]:
-    """id -> why, for answers that stop mid-sentence in a category whose answers nearly all end one:
-    "…因此", "…lose their". Lists, labels and poems, which end without punctuation, make their
-    category's rate low and are left alone."""
+    """id -> why, for answers that stop mid-sentence: where their own sentences end but the last does not
+    (any category), or in a category whose answers nearly all end a sentence: "…因此", "…lose their".
+    Lists, labels and poems, which end without punctuation, make their category's rate low."""
     lacking = lacking_what_the_category_has(records, lambda r: r.output.strip()[-1:] in SENTENCE_FINAL, ENDING_USUAL)
     category = {r.id: r.category for r in records}
-    return {i: f"stops mid-sentence, where {have} of {n} {category[i]} answers end a sentence"
-            for i, (have, n) in lacking.items()}
+    found = {i: f"stops mid-sentence, where {have} of {n} {category[i]} answers end a sentence"
+             for i, (have, n) in lacking.items()}
+    for r in records:
+        if r.id not in found and cut_off(r.output):
+            found[r.id] = "stops mid-sentence: its other sentences end, its last does not"
+    return found
+
+
+_WORD_OR_NUMBER = re.compile(r"[^\W\d_]+|\d+")
+
+
+def content_units(text: str) -> set[str]:
+    """What a text says, as comparable units: Latin words and numbers without their punctuation
+    ("whale:" is "whale"), and single CJK letters (no spaces to split words on)."""
+    out: set[str] = set()
+    for token in _WORD_OR_NUMBER.findall(unicodedata.normalize("NFKC", text).casefold()):
+        if token.isascii():
+            out.add(token)
+        else:
+            out |= {ch for ch in token if unicodedata.category(ch).startswith("L")}
+    return out
+
+
+def grounding(r: Record) -> float | None:
+    """The share of the answer's units that its instruction or input already holds; None for no answer."""
+    said = content_units(r.output)
+    return len(said & content_units(f"{r.instruction} {r.input}")) / len(said) if said else None
+
+
+# On the dev sets (bench/sets/dev_*), closed_qa and classification answers are drawn from their context
+# (median grounding 1.0; every clean one >= 0.79); the plants among them stood at 0.0-0.33: an answer in
+# another language, a sentence where one label was asked for, an answer to a passage that is not there.
+GROUNDED_CATEGORY = 0.8  # a category whose median answer is this grounded answers from its context
+UNGROUNDED = 0.5  # an answer of such a category with less than this from its context
+# A short answer may be worked out from its passage without repeating it ("Two and a half hours." from
+# 8:15 and 10:45, in the shipped sample); only a longer one that shares little is not drawn from it.
+GROUNDED_MIN_UNITS = 6
+
+
+def off_context_answers(records: list[Record]) -> dict[str, str]:
+    """id -> why, for answers mostly not drawn from their instruction and input, in a category whose
+    answers nearly all are (read from the data: extractive QA, labelling): an answer to another question,
+    one made up beside its passage, a sentence where a label from the list was asked for."""
+    shares: dict[str, dict[str, float]] = defaultdict(dict)
+    units_of = {r.id: len(content_units(r.output)) for r in records}
+    for r in records:
+        if r.category != "translation" and (share := grounding(r)) is not None:
+            shares[r.category][r.id] = share
+    found = {}
+    for category, by_id in shares.items():
+        values = sorted(by_id.values())
+        if len(values) < CATEGORY_MIN_RECORDS or values[len(values) // 2] < GROUNDED_CATEGORY:
+            continue
+        for rid, share in by_id.items():
+            if share < UNGROUNDED and units_of[rid] >= GROUNDED_MIN_UNITS:
+                found[rid] = (f"{share:.0%} of its answer is in its instruction and input, where the median "
+                              f"{category} answer takes {values[len(values) // 2]:.0%} from them")
+    return found

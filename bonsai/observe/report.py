@@ -7,8 +7,9 @@ A record's suspicion score adds up independent evidence, each piece named in its
   (the language its output is written in, where that differs from its `lang` label), `odd_text` (mostly
   symbols and digits, or a loop), `echo` (the answer repeats its instruction or input), `numbers` (a
   translation whose output states other numbers than its input), `missing_input` (no input, in a category
-  whose records nearly all have one), `unfinished` (no sentence end, in a category whose answers nearly
-  all end one);
+  whose records nearly all have one), `off_context` (an answer mostly not drawn from its instruction and
+  input, in a category whose answers nearly all are), `unfinished` (no sentence end, in a category whose
+  answers nearly all end one);
 - from training, over the whole run and against the records of its category (robust z: median and MAD):
   `loss_z`, its mean loss per byte of answer (a record the model cannot learn while its peers are learned
   is noise or a mistake; per byte, as per token is not comparable across ja, en and zh), and `eos_z`, the
@@ -32,8 +33,8 @@ from pathlib import Path
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
-                                 missing_inputs, outvoted, translation_number_mismatches, translation_support,
-                                 unfinished_endings, ungrounded)
+                                 missing_inputs, off_context_answers, outvoted, translation_number_mismatches,
+                                 translation_support, unfinished_endings, ungrounded)
 from bonsai.data.textmetrics import echo_of, text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
@@ -62,8 +63,8 @@ TOP_N = 20
 LOSS_Z_REASON = 5.0
 EOS_Z_REASON = 5.0
 # The evidence score_records weighs; bench/suspects.py --ablate leaves each out in turn to measure it.
-SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "input", "ending", "loss", "eos", "spikes",
-           "support")
+SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "input", "context", "ending", "loss", "eos",
+           "spikes", "support")
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -154,6 +155,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
     echoes = {r.id: f for r in records if (f := echo_of(r.output, r.instruction, r.input))} if "echo" in use else {}
     numbers = translation_number_mismatches(records) if "numbers" in use else {}
     no_input = missing_inputs(records) if "input" in use else {}
+    off_context = off_context_answers(records) if "context" in use else {}
     unfinished = unfinished_endings(records) if "ending" in use else {}
     support = corroborated if "support" in use else {}
     table = []
@@ -168,7 +170,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
         # A contradiction the data takes no side in is wrong on one of its two sides: half the weight.
         side = 1.0 if r.id in rejected else 0.5
         flags = (side * contradicted + (r.id in mismatches) + (r.id in oddities) + (r.id in echoes) + (r.id in numbers)
-                 + (r.id in no_input) + (r.id in unfinished))
+                 + (r.id in no_input) + (r.id in off_context) + (r.id in unfinished))
         score += FLAG_WEIGHT * flags
         why = []
         if lz > LOSS_Z_REASON:
@@ -190,6 +192,8 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
             why.append(numbers[r.id])
         if r.id in no_input:
             why.append(no_input[r.id])
+        if r.id in off_context:
+            why.append(off_context[r.id])
         if r.id in unfinished:
             why.append(unfinished[r.id])
         if r.id in mismatches:
@@ -202,7 +206,7 @@ def score_records(records: list[Record], stats: dict[str, dict], events: list[di
             "seen": s["seen"] if s else 0, "spike_batches": spikes[r.id],
             "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id),
             "odd_text": oddities.get(r.id), "echo": echoes.get(r.id), "numbers": numbers.get(r.id),
-            "missing_input": no_input.get(r.id), "unfinished": unfinished.get(r.id),
+            "missing_input": no_input.get(r.id), "off_context": off_context.get(r.id), "unfinished": unfinished.get(r.id),
             "corroborated_by": support.get(r.id, [])[:5], "why": "; ".join(why),
         })
     table.sort(key=lambda row: (row["score"], row["loss_z"]), reverse=True)  # z orders what the caps tie
