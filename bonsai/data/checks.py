@@ -347,7 +347,7 @@ def cut_off(text: str) -> bool:
     body = _LIST_MARKER.sub("", text).strip()
     if not body or body[-1] in SENTENCE_FINAL:
         return False
-    head, blank, last = body.rpartition("\n\n")
+    _, blank, last = body.rpartition("\n\n")
     if blank and not _INNER_SENTENCE_END.search(last):
         return False
     return bool(_INNER_SENTENCE_END.search(body))
