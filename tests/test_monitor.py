@@ -80,6 +80,7 @@ def test_kanji_only_japanese_is_not_called_chinese_and_other_latin_languages_are
     assert written_in("経済産業省") == written_in("東京都庁") == written_in("駅前広場") == {"ja"}
     assert written_in("这是什么车？") == written_in("图书馆") == {"zh"}
     assert written_in("富士山") == written_in("北京大学") == {"ja", "zh"}
+    assert written_in("A：肯定的\nB：否定的\nC：肯定的\nD：否定的") == {"ja", "zh"}  # labels: short runs, however many
     assert written_in("La capitale de la France est Paris, une ville ancienne et magnifique.") == {"fr"}
     assert written_in("The capital of Brazil is Brasília.") == {"en"}  # too short to trust a Portuguese guess
     base = dict(instruction="日本の省庁は？", input="", category="closed_qa", lang="ja")
@@ -160,6 +161,7 @@ def test_the_outvoted_side_of_a_contradiction_is_the_suspect_and_broken_text_is_
     assert table["garbage"]["odd_text"].startswith("output is") and "symbols and digits" in table["garbage"]["why"]
     assert "repeats itself" in table["loop"]["why"]
     assert text_oddity("3776 m") is None and text_oddity("The capital of France is Paris.") is None
+    assert text_oddity("1. 胶泥活字（11世纪40年代）\n2. 电话（1876年）\n3. 本茨专利汽车（1886年）") is None  # dates, each one unit
     assert not [r["id"] for r in sample_records() if text_oddity(r["output"])]  # no false alarm on the sample
 
 

@@ -26,6 +26,11 @@ def _translation(rid, src, tgt, text, out):
     ("about 9.46 trillion kilometres", {9.46e12}),
     ("約9兆4600億キロメートル", {9.46e12}),
     ("二氧化碳和一样的鲸鱼", set()),  # numerals inside words, and one, count nothing
+    ("The first part appeared in 1605 and the second in 1615.", {1605, 2, 1615}),
+    ("第一部出版于1605年，第二部出版于1615年。", {1605, 2, 1615}),
+    ("Wait a second.", set()),
+    ("俄罗斯面积约1,710万平方公里", {17.1e6}),
+    ("約1億6,500万平方キロメートル", {165e6}),
 ])
 def test_numbers_read_the_same_in_every_language(text, expected):
     assert numbers(text) == expected
@@ -121,6 +126,8 @@ def test_an_answer_that_stops_mid_sentence_is_named_where_its_category_ends_sent
     lists = [Record(f"l{i}", f"Name some fruit ({i}).", "", "1. Apples 2. Pears 3. Plums", "brainstorming", "en")
              for i in range(12)]
     assert set(unfinished_endings(prose + [cut, quoted] + lists)) == {"cut"}  # lists never end a sentence
+    oceans = Record("oceans", "List the oceans.", "", "1. Pacific Ocean\n2. Atlantic Ocean\n3. Indian Ocean", "open_qa", "en")
+    assert set(unfinished_endings(prose + [cut, oceans])) == {"cut"}  # a plain list in a category of sentences
 
 
 def test_an_answer_not_drawn_from_its_context_is_named_where_its_category_answers_from_context():
@@ -153,6 +160,9 @@ def test_an_answer_not_drawn_from_its_context_is_named_where_its_category_answer
     ("Dear Mozart,\n\nYour music still plays everywhere.\n\nA fan from the future", False),  # a sign-off
     ("It is 3.5 km long", False),  # a decimal point is no sentence end
     ("Soft rain on the roof\na quiet song", False),
+    ("・夏目漱石：千円札の肖像。近代の作家\n・樋口一葉：明治の作家\n・宮沢賢治：親しみやすい", False),  # no item ends
+    ("亲爱的小林：\n我现在在渥太华。今天参观了国会山。\n祝好！\n阿明", False),  # a sign-off line
+    ("大西洋：亚马孙河（经墨西哥湾）\n太平洋：长江（经东海）\n北冰洋：鄂毕河", False),  # a bracket ends no sentence
 ])
 def test_an_answer_whose_sentences_end_but_whose_last_does_not_is_cut_off(text, cut):
     from bonsai.data.checks import cut_off

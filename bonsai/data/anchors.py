@@ -20,7 +20,7 @@ _WORDS |= {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "
            "hundred": 100, "dozen": 12, "twice": 2, "thrice": 3, "half": 0.5}
 _ORDINALS = {w: i for i, w in enumerate(
     "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split())}
-_ORDINALS.pop("second")  # also a unit of time
+_ORDINALS.pop("second")  # also a unit of time: an ordinal only after "the"
 _MONTHS = {m: i for i, m in enumerate("january february march april may june july august september october "
                                       "november december".split(), start=1)}
 _MONTHS.pop("may")  # also a verb
@@ -33,8 +33,10 @@ _CJK_UNITS = {"十": 10, "百": 100, "千": 1000}
 _COUNTERS = set("个個只隻条條本根颗顆块塊次回年月日号號时時小分秒度岁歳才人位名倍米公里克斤升周週天期点點つ台枚匹頭羽冊杯階歩步種种成割代世纪紀章節节")
 
 # "9兆4600億", "1.5亿", "9.46万亿": Arabic digits with CJK scales, summed into one number first.
-_SCALED = re.compile(r"(?:\d+(?:\.\d+)?(?:万亿|兆|億|亿|万))+\d*")
-_SCALE_PART = re.compile(r"(\d+(?:\.\d+)?)(万亿|兆|億|亿|万)")
+# Thousands separators too: "1,710万" is 17.1 million, "1億6,500万" 165 million.
+_SCALED = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:万亿|兆|億|亿|万)|\d+(?:\.\d+)?(?:万亿|兆|億|亿|万))+"
+                     r"(?:\d{1,3}(?:,\d{3})+|\d+)?")
+_SCALE_PART = re.compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(万亿|兆|億|亿|万)")
 _CJK_RUN = re.compile(f"[{''.join(_CJK_DIGITS)}{''.join(_CJK_UNITS)}]+")
 _TOKEN = re.compile(r"[a-z]+|\d+(?:,\d{3})*(?:\.\d+)?|[万亿億兆]")
 
@@ -53,8 +55,8 @@ def _cjk_value(run: str) -> float | None:
 
 
 def _scaled_value(text: str) -> float:
-    return sum(float(n) * _CJK_SCALES[scale] for n, scale in _SCALE_PART.findall(text)) + float(
-        _SCALE_PART.sub("", text) or 0)
+    return sum(float(n.replace(",", "")) * _CJK_SCALES[scale] for n, scale in _SCALE_PART.findall(text)) + float(
+        _SCALE_PART.sub("", text).replace(",", "") or 0)
 
 
 def numbers(text: str) -> frozenset[float]:
@@ -72,6 +74,8 @@ def numbers(text: str) -> frozenset[float]:
             found.append(_WORDS[token] * scale)
         elif token in _ORDINALS:
             found.append(_ORDINALS[token])
+        elif token == "second" and i and tokens[i - 1] == "the":  # "the second part", not "a second"
+            found.append(2)
         elif token in _MONTHS:
             found.append(_MONTHS[token])
     for match in _CJK_RUN.finditer(text):

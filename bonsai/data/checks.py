@@ -22,6 +22,7 @@ LATIN_MIN_WORDS = 8
 LATIN_MIN_CONFIDENCE = 0.5
 LATIN_MAX_ENGLISH = 0.1
 HAN_SENTENCE = 8
+HAN_RUN = 5  # the longest run of Han characters (no kana, no punctuation between) a sentence holds
 # An answer "is" another's when it holds that answer's distinctive part and most of its words or characters
 # (common CJK characters alone are everywhere).
 BORROWED_MIN_JACCARD = 0.5
@@ -58,6 +59,14 @@ def han_language(text: str) -> str | None:
     return "ja" if ja > zh else "zh" if zh > ja else None
 
 
+def _longest_han_run(text: str) -> int:
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if _in(_HAN, ord(ch)) else 0
+        longest = max(longest, run)
+    return longest
+
+
 def _letters(text: str) -> tuple[int, int, int]:
     kana = han = latin = 0
     for ch in text:
@@ -87,7 +96,8 @@ def written_in(text: str) -> set[str] | None:
             return {told}
         # No telling form: a short run of kanji is a Japanese name or term as often as Chinese, but a
         # Japanese sentence of HAN_SENTENCE characters without one kana is rare.
-        return {"zh"} if han >= HAN_SENTENCE else {"ja", "zh"}
+        # Labels ("A：肯定的\nB：否定的") add up to many characters in short runs: the longest run counts.
+        return {"zh"} if han >= HAN_SENTENCE and _longest_han_run(text) >= HAN_RUN else {"ja", "zh"}
     if latin > 0.5 * letters:
         return {_latin_language(text)}
     return None
@@ -338,26 +348,46 @@ ENDING_USUAL = 0.9  # a category whose answers end a sentence this often expects
 
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)、．]|[-*•・])\s*", re.MULTILINE)
 _INNER_SENTENCE_END = re.compile(r"[。！？!?]|(?<!\b\d)\.(?=\s)")  # not the "2." of "1. Apples 2. Pears"
+_LINE_END = frozenset("。．.!?！？…")  # a line that ends a sentence; a bracket or quote alone does not
+SIGN_OFF_CHARS = 12  # "Alex", "阿明", "Love, Mum": a letter's last line, not a cut-off sentence
+
+
+def _lines(text: str) -> list[tuple[bool, str]]:
+    """(begins with a list marker, the line without it), blank lines dropped."""
+    return [(bool(_LIST_MARKER.match(line)), _LIST_MARKER.sub("", line).strip().rstrip("」』\"”’)）"))
+            for line in text.strip().splitlines() if line.strip()]
 
 
 def cut_off(text: str) -> bool:
     """An answer whose own sentences end but whose last one does not: "…散射，因此", a list whose items
-    end with a full stop and whose last item stops at "when", a story cut off at "…笑って". A closing line
-    set apart by a blank line (a letter's sign-off) ends without one by custom and is not judged."""
-    body = _LIST_MARKER.sub("", text).strip()
-    if not body or body[-1] in SENTENCE_FINAL:
+    end with a full stop and whose last item stops at "when", a story cut off at "…笑って". Over several
+    lines the last is judged against the others (list items that never end a sentence are a plain
+    list, whatever their inner sentences do); a short last line that is no list item is a letter's
+    sign-off ("Alex", "祝好！\n阿明") and ends without a full stop by custom."""
+    if not text.strip() or text.strip()[-1] in SENTENCE_FINAL:
         return False
-    _, blank, last = body.rpartition("\n\n")
-    if blank and not _INNER_SENTENCE_END.search(last):
+    lines = _lines(text)
+    if len(lines) == 1:
+        return bool(_INNER_SENTENCE_END.search(lines[0][1]))
+    item, last = lines[-1]
+    if not item and len(last) <= SIGN_OFF_CHARS and not _INNER_SENTENCE_END.search(last):
         return False
-    return bool(_INNER_SENTENCE_END.search(body))
+    return sum(line[-1:] in _LINE_END for _, line in lines[:-1]) > (len(lines) - 1) / 2
+
+
+def ends_as_written(text: str) -> bool:
+    """The answer ends a sentence, or is lines of which none does (a list, a poem, labels)."""
+    if text.strip()[-1:] in SENTENCE_FINAL:
+        return True
+    lines = _lines(text)
+    return len(lines) > 1 and not any(line[-1:] in _LINE_END for _, line in lines)
 
 
 def unfinished_endings(records: list[Record]) -> dict[str, str]:
     """id -> why, for answers that stop mid-sentence: where their own sentences end but the last does not
     (any category), or in a category whose answers nearly all end a sentence: "…因此", "…lose their".
     Lists, labels and poems, which end without punctuation, make their category's rate low."""
-    lacking = lacking_what_the_category_has(records, lambda r: r.output.strip()[-1:] in SENTENCE_FINAL, ENDING_USUAL)
+    lacking = lacking_what_the_category_has(records, lambda r: ends_as_written(r.output), ENDING_USUAL)
     category = {r.id: r.category for r in records}
     found = {i: f"stops mid-sentence, where {have} of {n} {category[i]} answers end a sentence"
              for i, (have, n) in lacking.items()}

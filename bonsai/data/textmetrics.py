@@ -6,6 +6,7 @@ whitespace-separated words. The same units serve every metric, so scores compare
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 
@@ -75,6 +76,7 @@ def repetition_metrics(text: str) -> dict[str, float]:
     }
 
 
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
 ODD_MIN_CHARS = 20  # shorter answers ("3776 m", "1964") are not judged by their letters
 ODD_MAX_LETTER_SHARE = 0.5
 ODD_MIN_UNITS = 6  # "Yes. Yes. Yes. Yes. Yes. Yes." loops too
@@ -87,6 +89,8 @@ def text_oddity(text: str) -> str | None:
     signal: a garbage record the model never learns and never spikes on is still named."""
     visible = [ch for ch in text if not ch.isspace()]
     if len(visible) >= ODD_MIN_CHARS:
+        # A number is one unit, as a word is: a list of dates in Chinese ("3. 电话（1876年）") is text.
+        visible = list(_NUMBER.sub("0", "".join(visible)))
         share = sum(ch.isalpha() for ch in visible) / len(visible)
         if share < ODD_MAX_LETTER_SHARE:
             return f"output is {1 - share:.0%} symbols and digits"
