@@ -168,3 +168,27 @@ def test_an_answer_whose_sentences_end_but_whose_last_does_not_is_cut_off(text, 
     from bonsai.data.checks import cut_off
 
     assert cut_off(text) is cut
+
+
+def test_a_translation_that_drops_or_adds_a_negation_is_named_and_only_or_few_are_not():
+    from bonsai.data.checks import translation_polarity_flips
+
+    records = [_translation("flip", "ja", "en", "ペンギンは空を飛ぶことはできません。", "Penguins can fly short distances."),
+               _translation("flip-zh", "en", "zh", "Bitcoin is not issued by any central bank.", "比特币由中央银行发行。"),
+               _translation("only", "zh", "ja", "考拉几乎只吃桉树叶。", "コアラはユーカリの葉しか食べません。"),
+               _translation("few", "zh", "ja", "冬天食物少。", "冬は食べ物が少ないです。"),
+               _translation("lost", "en", "ja", "I lost my wallet.", "財布をなくしました。"),
+               _translation("same", "en", "zh", "Whales do not breathe with gills.", "鲸鱼不用鳃呼吸。")]
+    assert set(translation_polarity_flips(records)) == {"flip", "flip-zh"}
+
+
+def test_an_answer_that_declines_or_disclaims_is_named_in_every_language():
+    from bonsai.data.checks import refusals
+
+    said = {"en": "I'm sorry, but I can't provide details about shipping incidents.",
+            "ja": "申し訳ありませんが、正確な数をお答えすることはできません。",
+            "zh": "抱歉，作为一个人工智能语言模型，我无法进行诗歌创作。",
+            "story": "The rain fell all night. \"I'm sorry,\" she said at last, and smiled.",
+            "fact": "Japan has 47 prefectures."}
+    records = [Record(k, "Answer.", "", text, "open_qa", "en") for k, text in said.items()]
+    assert set(refusals(records)) == {"en", "ja", "zh"}  # a story's apology, past its opening, is the story's

@@ -447,3 +447,56 @@ def off_context_answers(records: list[Record]) -> dict[str, str]:
                 found[rid] = (f"{share:.0%} of its answer is in its instruction and input, where the median "
                               f"{category} answer takes {values[len(values) // 2]:.0%} from them")
     return found
+
+
+# Negation as each language writes it. Japanese: the ない forms of verbs (not the adjectives 少ない,
+# 危ない), ません, the ず and ざる forms; しか…ない is "only", not a negation. Chinese: 不 (not in words
+# where it negates nothing: 不同 different, 不过 but, 不断 constantly, ...), 没(有), 无法, 未, 并非.
+_NEGATION = {
+    "en": re.compile(r"\b(?:not|never|no|none|neither|nor|cannot|without)\b|n't\b|\bnon-", re.IGNORECASE),
+    "ja": re.compile(r"(?<![少危])ない|なかっ|なければ|なくて|ではなく|ません|ず(?=[、。にとも])|ざる|無い"),
+    "zh": re.compile(r"不(?![同过断久仅少但论管然停料足])|没有|没|无法|未|并非|非(?![常洲])"),
+}
+
+
+def negations(text: str, lang: str | None) -> int | None:
+    """How many negations `text` holds in `lang`; None for a language not read here."""
+    if lang not in _NEGATION:
+        return None
+    found = len(_NEGATION[lang].findall(text))
+    return max(0, found - text.count("しか")) if lang == "ja" else found
+
+
+def translation_polarity_flips(records: list[Record]) -> dict[str, str]:
+    """id -> why, for translations of which one side negates and the other does not: "cannot fly"
+    rendered as "can fly", "is not issued by any central bank" as "is issued by central banks"."""
+    found = {}
+    for r in records:
+        if r.category != "translation":
+            continue
+        source, target = negations(r.input, r.source_lang), negations(r.output, r.lang)
+        if source is not None and target is not None and (source == 0) != (target == 0):
+            negated, plain = ("input", "output") if source else ("output", "input")
+            found[r.id] = f"the {negated} negates and the {plain} does not: a translation that flips the meaning"
+    return found
+
+
+# Declining or disclaiming, in the first sentence of an answer: what a chat model says when it will
+# not answer. In an instruction set, such an answer teaches the model to refuse what it should answer.
+_REFUSAL = re.compile(
+    r"(?i)\b(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:no|')t (?:help|answer|provide|assist|write|create|do)"
+    r"|i(?:'m| am) (?:unable|not able) to|as an ai\b|(?:an )?ai (?:language )?model|i don'?t have (?:access|the ability))"
+    r"|申し訳(?:ありません|ございません)|お答え(?:することは)?できません|(?:AI|人工知能)(?:として|である私)|言語モデル"
+    r"|抱歉|对不起|我?无法(?:回答|提供|进行|创作|完成)|作为(?:一个)?(?:人工智能|AI)|语言模型")
+_SENTENCE_BREAK = re.compile(r"(?<=[。！？!?.])\s*")
+
+
+def refusals(records: list[Record]) -> dict[str, str]:
+    """id -> why, for answers whose first sentence declines or disclaims ("I'm sorry, but I can't…",
+    "申し訳ありませんが…", "抱歉，作为一个人工智能…")."""
+    found = {}
+    for r in records:
+        opening = _SENTENCE_BREAK.split(r.output.strip(), maxsplit=1)[0]
+        if match := _REFUSAL.search(opening):
+            found[r.id] = f"the answer declines or disclaims (\"{match.group()}\"): it teaches the model to refuse"
+    return found

@@ -33,8 +33,8 @@ from pathlib import Path
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
-                                 missing_inputs, off_context_answers, outvoted, translation_number_mismatches,
-                                 translation_support, unfinished_endings, ungrounded)
+                                 missing_inputs, off_context_answers, outvoted, refusals, translation_number_mismatches,
+                                 translation_polarity_flips, translation_support, unfinished_endings, ungrounded)
 from bonsai.data.textmetrics import echo_of, text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
@@ -63,8 +63,11 @@ TOP_N = 20
 LOSS_Z_REASON = 5.0
 EOS_Z_REASON = 5.0
 # The evidence score_records weighs; bench/suspects.py --ablate leaves each out in turn to measure it.
-SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "input", "context", "ending", "loss", "eos",
-           "spikes", "support")
+SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "polarity", "refusal", "input", "context",
+           "ending", "loss", "eos", "spikes", "support")
+# A negation one side of a translation has and the other lacks is sometimes an idiom ("木ではなく草" as
+# "a grass rather than a tree"; on the dev sets 3 of the 5 it named were planted): half a flag.
+POLARITY_WEIGHT = 0.5
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -136,77 +139,86 @@ def _training_z(records: list[Record], stats: dict[str, dict]) -> tuple[dict[str
                            "eos_center": eos_center}
 
 
-def score_records(records: list[Record], stats: dict[str, dict], events: list[dict],
-                  signals: tuple[str, ...] = SIGNALS) -> list[dict]:
-    """Every record with its score and the reasons behind it, most suspect first."""
-    use = set(signals)
-    loss_z, eos_z, seen = _training_z(records, stats)
+def data_flags(records: list[Record], signals: tuple[str, ...] = SIGNALS) -> dict[str, tuple[float, dict[str, str]]]:
+    """Report field -> (its weight in flags, id -> why), for each check on the data alone that
+    `signals` names (contradictions aside: they need the rest of the data to take a side)."""
+    by_id = {r.id: r for r in records}
+    checks = {
+        "odd_text": ("odd_text", 1.0, lambda: {r.id: why for r in records if (why := text_oddity(r.output))}),
+        "echo": ("echo", 1.0, lambda: {r.id: f"the answer repeats its {field}" for r in records
+                                       if (field := echo_of(r.output, r.instruction, r.input))}),
+        "numbers": ("numbers", 1.0, lambda: translation_number_mismatches(records)),
+        "polarity": ("polarity", POLARITY_WEIGHT, lambda: translation_polarity_flips(records)),
+        "refusal": ("refusal", 1.0, lambda: refusals(records)),
+        "input": ("missing_input", 1.0, lambda: missing_inputs(records)),
+        "context": ("off_context", 1.0, lambda: off_context_answers(records)),
+        "ending": ("unfinished", 1.0, lambda: unfinished_endings(records)),
+        "language": ("script_says", 1.0, lambda: {rid: f"labelled {by_id[rid].lang} but written in {seen}"
+                                                  for rid, seen in find_language_mismatches(records).items()}),
+    }
+    return {field: (weight, find()) for signal, (field, weight, find) in checks.items() if signal in signals}
+
+
+def _spike_counts(events: list[dict]) -> dict[str, int]:
+    """id -> instability events that caught it among the top third of their batch by loss."""
     spikes: dict[str, int] = defaultdict(int)
     for event in events:
         rows = event.get("records", [])
         for row in rows[: max(1, len(rows) // 3)]:
             spikes[row["id"]] += 1
+    return spikes
+
+
+def _training_reasons(r: Record, lz: float, ez: float, spiked: int, seen: dict) -> list[str]:
+    why = []
+    if lz > LOSS_Z_REASON:
+        why.append(f"loss {seen['per_byte'][r.id]:.2f} bits/byte over the run vs {r.category} median "
+                   f"{seen['loss_center'][r.category]:.2f} (z {lz:.1f})")
+    if ez > EOS_Z_REASON:
+        why.append(f"its end of sequence surprises the model: EOS loss {seen['eos'][r.id]:.2f} vs {r.category} "
+                   f"median {seen['eos_center'][r.category]:.2f} (z {ez:.1f})")
+    if spiked:
+        why.append(f"in {spiked} spike batch(es)")
+    return why
+
+
+def score_records(records: list[Record], stats: dict[str, dict], events: list[dict],
+                  signals: tuple[str, ...] = SIGNALS) -> list[dict]:
+    """Every record with its score and the reasons behind it, most suspect first."""
+    use = set(signals)
+    loss_z, eos_z, seen = _training_z(records, stats)
+    spikes = _spike_counts(events)
     contradictions = find_contradictions(records) if "contradiction" in use else {}
     corroborated = corroborations(records)
     rejected = rejected_sides(records, contradictions, corroborated)
     backed = {i for i in contradictions if i not in rejected and any(o in rejected for o in contradictions[i])}
-    mismatches = find_language_mismatches(records) if "language" in use else {}
-    oddities = {r.id: why for r in records if (why := text_oddity(r.output))} if "odd_text" in use else {}
-    echoes = {r.id: f for r in records if (f := echo_of(r.output, r.instruction, r.input))} if "echo" in use else {}
-    numbers = translation_number_mismatches(records) if "numbers" in use else {}
-    no_input = missing_inputs(records) if "input" in use else {}
-    off_context = off_context_answers(records) if "context" in use else {}
-    unfinished = unfinished_endings(records) if "ending" in use else {}
+    flagged = data_flags(records, signals)
     support = corroborated if "support" in use else {}
     table = []
     for r in records:
-        s = stats.get(r.id)
         lz = loss_z.get(r.id, 0.0) if "loss" in use else 0.0
         ez = eos_z.get(r.id, 0.0) if "eos" in use else 0.0
         spiked = spikes[r.id] if "spikes" in use else 0
         trained = min(max(lz, 0.0), LOSS_Z_CAP) + min(max(ez, 0.0), EOS_Z_CAP) + SPIKE_WEIGHT * min(spiked, SPIKE_CAP)
-        score = trained * (SUPPORTED if r.id in support else 1.0)
+        why = _training_reasons(r, lz, ez, spiked, seen)
         contradicted = r.id in contradictions and r.id not in backed
         # A contradiction the data takes no side in is wrong on one of its two sides: half the weight.
-        side = 1.0 if r.id in rejected else 0.5
-        flags = (side * contradicted + (r.id in mismatches) + (r.id in oddities) + (r.id in echoes) + (r.id in numbers)
-                 + (r.id in no_input) + (r.id in off_context) + (r.id in unfinished))
-        score += FLAG_WEIGHT * flags
-        why = []
-        if lz > LOSS_Z_REASON:
-            why.append(f"loss {seen['per_byte'][r.id]:.2f} bits/byte over the run vs {r.category} median "
-                       f"{seen['loss_center'][r.category]:.2f} (z {lz:.1f})")
-        if ez > EOS_Z_REASON:
-            why.append(f"its end of sequence surprises the model: EOS loss {seen['eos'][r.id]:.2f} vs {r.category} "
-                       f"median {seen['eos_center'][r.category]:.2f} (z {ez:.1f})")
-        if spiked:
-            why.append(f"in {spiked} spike batch(es)")
+        flags = (1.0 if r.id in rejected else 0.5) * contradicted
         if contradicted:
             verdict = f" ({rejected[r.id]})" if r.id in rejected else ""
             why.append(f"same instruction as {', '.join(contradictions[r.id][:3])} with another answer{verdict}")
-        if r.id in oddities:
-            why.append(oddities[r.id])
-        if r.id in echoes:
-            why.append(f"the answer repeats its {echoes[r.id]}")
-        if r.id in numbers:
-            why.append(numbers[r.id])
-        if r.id in no_input:
-            why.append(no_input[r.id])
-        if r.id in off_context:
-            why.append(off_context[r.id])
-        if r.id in unfinished:
-            why.append(unfinished[r.id])
-        if r.id in mismatches:
-            why.append(f"labelled {r.lang} but written in {mismatches[r.id]}")
+        for weight, found in flagged.values():
+            if r.id in found:
+                flags += weight
+                why.append(found[r.id])
+        score = trained * (SUPPORTED if r.id in support else 1.0) + FLAG_WEIGHT * flags
         table.append({
             "id": r.id, "category": r.category, "lang": r.lang, "score": round(score, 3),
             "loss": seen["per_byte"].get(r.id), "category_median_loss": seen["loss_center"].get(r.category),
             "loss_z": round(lz, 3), "loss_std": seen["spread"].get(r.id), "eos_loss": seen["eos"].get(r.id),
-            "eos_z": round(ez, 3),
-            "seen": s["seen"] if s else 0, "spike_batches": spikes[r.id],
-            "contradicts": contradictions.get(r.id, []), "script_says": mismatches.get(r.id),
-            "odd_text": oddities.get(r.id), "echo": echoes.get(r.id), "numbers": numbers.get(r.id),
-            "missing_input": no_input.get(r.id), "off_context": off_context.get(r.id), "unfinished": unfinished.get(r.id),
+            "eos_z": round(ez, 3), "seen": stats[r.id]["seen"] if r.id in stats else 0, "spike_batches": spikes[r.id],
+            "contradicts": contradictions.get(r.id, []),
+            **{field: found.get(r.id) for field, (_, found) in flagged.items()},
             "corroborated_by": support.get(r.id, [])[:5], "why": "; ".join(why),
         })
     table.sort(key=lambda row: (row["score"], row["loss_z"]), reverse=True)  # z orders what the caps tie
