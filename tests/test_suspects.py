@@ -192,3 +192,20 @@ def test_an_answer_that_declines_or_disclaims_is_named_in_every_language():
             "fact": "Japan has 47 prefectures."}
     records = [Record(k, "Answer.", "", text, "open_qa", "en") for k, text in said.items()]
     assert set(refusals(records)) == {"en", "ja", "zh"}  # a story's apology, past its opening, is the story's
+
+
+def test_an_answer_with_another_count_than_its_instruction_asks_for_is_named():
+    from bonsai.data.checks import ignored_counts
+
+    three = "List exactly three novels by Japanese authors."
+    records = [Record("five", three, "", "1. Kokoro\n2. Kitchen\n3. Snow Country\n4. I Am a Cat\n5. Norwegian Wood",
+                      "brainstorming", "en"),
+               Record("three", three, "", "Here are three:\n1. Kokoro\n2. Kitchen\n3. Snow Country", "brainstorming", "en"),
+               Record("poem", "以马拉松为题，写一首四行小诗。", "", "\n".join("起跑的枪声惊醒了清晨" for _ in range(8)),
+                      "creative", "zh"),
+               Record("riddle", "以日本国旗为谜底，写一个简短的谜语。", "", "白い布に\n赤い丸\nなんだろう", "creative", "zh"),
+               Record("prose", "雨の日の遊びを3つ挙げてください。", "", "折り紙、玉入れ、宝探し、カルタ、風船バレーです。",
+                      "brainstorming", "ja")]
+    found = ignored_counts(records)
+    assert set(found) == {"five", "poem"}  # a heading before three items, "a riddle", prose: not counted
+    assert found["five"] == "the instruction asks for 3 (novels), the answer gives 5"

@@ -500,3 +500,44 @@ def refusals(records: list[Record]) -> dict[str, str]:
         if match := _REFUSAL.search(opening):
             found[r.id] = f"the answer declines or disclaims (\"{match.group()}\"): it teaches the model to refuse"
     return found
+
+
+# A count the instruction asks for, of things an answer lists or lines it writes: "list exactly three
+# novels", "a four-line poem", "3つ挙げて", "四行小诗". Sentences and words are not counted (a line may
+# hold several), nor "one" ("一个谜语" is "a riddle").
+_COUNT_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_COUNT_WORDS |= dict(zip("一二两三四五六七八九十", (1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10)))
+_ASKED_COUNT = (
+    re.compile(r"(?i)\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten)[- ](?:[a-z]+[- ])?(items?|things|ways|"
+               r"ideas|tips|examples|reasons|lines?|novels|books|places|points|steps|facts|questions|names|"
+               r"suggestions|activities|options)\b"),
+    re.compile(r"(\d+|[一二三四五六七八九十])(つ|個|行|点|案|冊|か所|カ所)"),
+    re.compile(r"(\d+|[一二两三四五六七八九十])(个|条|條|行|点|种|本|处)"),
+)
+
+
+def asked_count(instruction: str) -> tuple[int, str] | None:
+    """(how many, of what) an instruction asks for, where it names a count of two or more."""
+    for pattern in _ASKED_COUNT:
+        if match := pattern.search(instruction):
+            said = match.group(1).lower()
+            count = int(said) if said.isdigit() else _COUNT_WORDS[said]
+            return (count, match.group(2)) if count >= 2 else None
+    return None
+
+
+def ignored_counts(records: list[Record]) -> dict[str, str]:
+    """id -> why, for answers that list or write another number of items or lines than their
+    instruction asks for ("exactly three" and five novels, a "four-line poem" of eight lines). Items
+    are the lines with a list marker where there are some, else the lines; a one-line answer is not
+    counted (prose may list anything)."""
+    found = {}
+    for r in records:
+        if r.category == "translation" or not (asked := asked_count(r.instruction)):
+            continue
+        lines = [line for line in r.output.strip().splitlines() if line.strip()]
+        items = [line for line in lines if _LIST_MARKER.match(line)]
+        given = len(items) if len(items) > 1 else len(lines)
+        if given > 1 and given != asked[0]:
+            found[r.id] = f"the instruction asks for {asked[0]} ({asked[1]}), the answer gives {given}"
+    return found

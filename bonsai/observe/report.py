@@ -6,7 +6,10 @@ A record's suspicion score adds up independent evidence, each piece named in its
   instruction and input but another answer, where the rest of the data does not side with it), `script_says`
   (the language its output is written in, where that differs from its `lang` label), `odd_text` (mostly
   symbols and digits, or a loop), `echo` (the answer repeats its instruction or input), `numbers` (a
-  translation whose output states other numbers than its input), `missing_input` (no input, in a category
+  translation whose output states other numbers than its input), `polarity` (a translation of which one side
+  negates and the other does not; half a flag), `refusal` (an answer whose first sentence declines or
+  disclaims), `ignored_count` (another number of items or lines than the instruction asks for),
+  `missing_input` (no input, in a category
   whose records nearly all have one), `off_context` (an answer mostly not drawn from its instruction and
   input, in a category whose answers nearly all are), `unfinished` (no sentence end, in a category whose
   answers nearly all end one);
@@ -33,8 +36,9 @@ from pathlib import Path
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
-                                 missing_inputs, off_context_answers, outvoted, refusals, translation_number_mismatches,
-                                 translation_polarity_flips, translation_support, unfinished_endings, ungrounded)
+                                 ignored_counts, missing_inputs, off_context_answers, outvoted, refusals,
+                                 translation_number_mismatches, translation_polarity_flips, translation_support,
+                                 unfinished_endings, ungrounded)
 from bonsai.data.textmetrics import echo_of, text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
@@ -63,8 +67,8 @@ TOP_N = 20
 LOSS_Z_REASON = 5.0
 EOS_Z_REASON = 5.0
 # The evidence score_records weighs; bench/suspects.py --ablate leaves each out in turn to measure it.
-SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "polarity", "refusal", "input", "context",
-           "ending", "loss", "eos", "spikes", "support")
+SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "polarity", "refusal", "count", "input",
+           "context", "ending", "loss", "eos", "spikes", "support")
 # A negation one side of a translation has and the other lacks is sometimes an idiom ("木ではなく草" as
 # "a grass rather than a tree"; on the dev sets 3 of the 5 it named were planted): half a flag.
 POLARITY_WEIGHT = 0.5
@@ -150,6 +154,7 @@ def data_flags(records: list[Record], signals: tuple[str, ...] = SIGNALS) -> dic
         "numbers": ("numbers", 1.0, lambda: translation_number_mismatches(records)),
         "polarity": ("polarity", POLARITY_WEIGHT, lambda: translation_polarity_flips(records)),
         "refusal": ("refusal", 1.0, lambda: refusals(records)),
+        "count": ("ignored_count", 1.0, lambda: ignored_counts(records)),
         "input": ("missing_input", 1.0, lambda: missing_inputs(records)),
         "context": ("off_context", 1.0, lambda: off_context_answers(records)),
         "ending": ("unfinished", 1.0, lambda: unfinished_endings(records)),
