@@ -2,9 +2,9 @@
 never used to tune the report; bench/sets/README.md), trained with the README's recipe (configs/demo.yaml,
 200 steps) and ranked by `bonsai report`. Issue 25's targets: recall >= 0.8 at k = number planted, no kind
 below 0.5, at most 20 % clean records in the top k. The ranking does not reach the first two yet
-nor the third here (5 of 23 clean; bench/RESULTS.md): that test is expected to fail, strictly, so that
-meeting them turns it red until the mark goes; the other holds the ranking to what it reached when the
-held-out sets were first run."""
+(the third is: 3 of 23 clean here; bench/RESULTS.md): that test is expected to fail, strictly, so that
+meeting them turns it red until the mark goes; the other holds the ranking to what it reached in its
+second round."""
 
 import json
 import subprocess
@@ -17,8 +17,9 @@ import yaml
 from conftest import ROOT, run_train, subprocess_env, write_config
 
 HELDOUT = ROOT / "bench" / "sets" / "heldout_c"
-# heldout_c's first "after" run (bench/RESULTS.md): 12 of 23 in the top 23, 5 of them clean.
-REACHED = {"recall": 12 / 23, "clean": 5 / 23, "kinds": {"truncated", "echo_or_loop", "wrong_language"}}
+# heldout_c ranked by the report of 2026-12-03's second round (bench/RESULTS.md): 13 of 23 in the top 23,
+# 3 of them clean (the first round: 12 and 5).
+REACHED = {"recall": 13 / 23, "clean": 3 / 23, "kinds": {"truncated", "echo_or_loop", "wrong_language"}}
 
 
 @pytest.fixture(scope="module")
