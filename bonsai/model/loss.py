@@ -56,8 +56,12 @@ def forward_loss(model, batch: Batch) -> MicroBatchLoss:
             token_loss = model(**inputs).logits.reshape(-1)  # the head returned token losses
     else:
         logits = model(**inputs).logits
-        token_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+        # Score every position against the targets shifted by one (the last against nothing) rather than
+        # slicing the logits: a slice of them is a logits-sized copy, and another in backward.
+        shifted = F.pad(targets, (0, 1), value=IGNORE_INDEX)
+        token_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
                                      ignore_index=IGNORE_INDEX, reduction="none")
+        token_loss = token_loss.view(targets.shape[0], -1)[:, :-1].reshape(-1)
     counted = targets.reshape(-1) != IGNORE_INDEX
     owner = batch.doc_index[:, 1:].reshape(-1).clamp(min=0)
     n = len(batch.records)
