@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--fail-on", choices=["error", "warning", "never"], default="error",
                        help="exit 1 when a finding is at least this severe (default error)")
     clean = dsub.add_parser("clean", help="the data without a run's suspect records, and excluded.jsonl",
-                            description="Chooses suspects from RUN_DIR's report (every record with a stated reason, "
-                                        "most suspect first; --top or --min-score narrow it), writes the run's data "
+                            description="Chooses suspects from RUN_DIR's report (every record the data, or two "
+                                        "training signals, speak against, most suspect first; --top or --min-score "
+                                        "narrow it), writes the run's data "
                                         "without them to --out under the same shard names, and --out/excluded.jsonl "
                                         "(id, file:line, score, reasons). Train on --out, or on the original data "
                                         "with data.exclude=OUT/excluded.jsonl.")

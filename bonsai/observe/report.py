@@ -362,7 +362,11 @@ def summary_text(report: dict) -> str:
         if keys.TRAIN_BITS_PER_BYTE in final and name in ("ja", "en", "zh"):
             lines.append(f"  {name}: {final[keys.TRAIN_BITS_PER_BYTE]:.3f} bits per byte "
                          f"({final.get(keys.TRAIN_LOSS, float('nan')):.3f} loss per token), the last {FINAL_ROWS} steps")
-    lines.append("suspect records (most suspect first):")
+    if not report["suspects"]:
+        lines.append("suspect records: none (no record has evidence from the data, nor two training signals "
+                     "that agree)")
+    else:
+        lines.append("suspect records (most suspect first):")
     for s in report["suspects"][:10]:
         lines.append(f"  {s['id']} [{s['category']}/{s['lang']}] score {s['score']:.1f}: {s['why']}")
     lines.append(f"written: {', '.join(report['written'])}")
