@@ -412,9 +412,10 @@ def content_units(text: str) -> set[str]:
     return out
 
 
-def grounding(r: Record) -> float | None:
-    """The share of the answer's units that its instruction or input already holds; None for no answer."""
-    said = content_units(r.output)
+def grounding(r: Record, said: set[str] | None = None) -> float | None:
+    """The share of the answer's units (`said`, if already read) that its instruction or input holds;
+    None for no answer."""
+    said = content_units(r.output) if said is None else said
     return len(said & content_units(f"{r.instruction} {r.input}")) / len(said) if said else None
 
 
@@ -433,9 +434,13 @@ def off_context_answers(records: list[Record]) -> dict[str, str]:
     answers nearly all are (read from the data: extractive QA, labelling): an answer to another question,
     one made up beside its passage, a sentence where a label from the list was asked for."""
     shares: dict[str, dict[str, float]] = defaultdict(dict)
-    units_of = {r.id: len(content_units(r.output)) for r in records}
+    units_of: dict[str, int] = {}
     for r in records:
-        if r.category != "translation" and (share := grounding(r)) is not None:
+        if r.category == "translation":
+            continue
+        said = content_units(r.output)
+        units_of[r.id] = len(said)
+        if (share := grounding(r, said)) is not None:
             shares[r.category][r.id] = share
     found = {}
     for category, by_id in shares.items():
@@ -535,9 +540,9 @@ def ignored_counts(records: list[Record]) -> dict[str, str]:
     for r in records:
         if r.category == "translation" or not (asked := asked_count(r.instruction)):
             continue
-        lines = [line for line in r.output.strip().splitlines() if line.strip()]
-        items = [line for line in lines if _LIST_MARKER.match(line)]
-        given = len(items) if len(items) > 1 else len(lines)
+        lines = _lines(r.output)
+        items = sum(item for item, _ in lines)
+        given = items if items > 1 else len(lines)
         if given > 1 and given != asked[0]:
             found[r.id] = f"the instruction asks for {asked[0]} ({asked[1]}), the answer gives {given}"
     return found
