@@ -36,17 +36,23 @@ def test_numbers_read_the_same_in_every_language(text, expected):
     assert numbers(text) == expected
 
 
-def test_a_translation_that_changes_a_number_is_named_and_faithful_ones_are_not():
+def test_a_translation_that_changes_a_number_or_its_unit_is_named_and_faithful_ones_are_not():
     records = [
         _translation("faithful-1", "en", "zh", "Cats sleep 12 to 16 hours a day.", "猫每天睡12到16个小时。"),
         _translation("faithful-2", "zh", "ja", "中秋节在农历八月十五。", "中秋節は旧暦の8月15日です。"),
         _translation("faithful-3", "en", "ja", "Mozart was born in Salzburg.", "モーツァルトはザルツブルクで生まれました。"),
         _translation("changed", "en", "ja", "Cats sleep 12 to 16 hours a day.", "猫は一日に8時間ほど眠ります。"),
         _translation("dropped", "zh", "en", "中秋节在农历八月十五。", "The festival falls on the 15th day of the first month."),
+        # The same number in another unit: minutes as seconds, metres as feet.
+        _translation("minutes", "en", "ja", "Sunlight takes about eight minutes to reach Earth.", "太陽の光は約8秒で地球に届きます。"),
+        _translation("feet", "en", "zh", "The tower is 828 metres tall.", "这座塔高828英尺。"),
+        _translation("same-units", "ja", "en", "フルマラソンは42.195キロメートル、制限時間は6時間です。",
+                     "A full marathon is 42.195 km, with a 6-hour limit."),
     ]
     found = translation_number_mismatches(records)
-    assert set(found) == {"changed", "dropped"}
+    assert set(found) == {"changed", "dropped", "minutes", "feet"}
     assert found["changed"] == "translation changes the numbers: input 12, 16, output 8"
+    assert found["minutes"] == "translation changes the unit: input 8 min, output 8 s"
     assert number_mismatch("Mozart", "1756") == (frozenset(), frozenset())  # one side states none: no claim
 
 

@@ -99,3 +99,57 @@ def number_mismatch(a: str, b: str) -> tuple[frozenset[float], frozenset[float]]
     if not left or not right:
         return frozenset(), frozenset()
     return left - right, right - left
+
+
+# Units a translation must keep: "eight minutes" is not "8秒", "828 metres" not "828英尺". Each unit as
+# English, Japanese and Chinese write it, longest first within a language. Left out where the word is
+# ambiguous next to a number: 年 and 日 (dates), 時 (o'clock), 度 (degrees of what), キロ (km or kg).
+_UNITS = {
+    "s": ("seconds", "second", "secs", "sec", "秒钟", "秒鐘", "秒間", "秒"),
+    "min": ("minutes", "minute", "mins", "min", "分钟", "分鐘", "分間", "分"),
+    "h": ("hours", "hour", "hrs", "hr", "小时", "小時", "時間", "钟头"),
+    "week": ("weeks", "week", "週間", "星期", "周"),
+    "month": ("months", "month", "个月", "個月", "か月", "ヶ月", "カ月"),
+    "km": ("kilometres", "kilometers", "kilometre", "kilometer", "km", "公里", "千米", "キロメートル"),
+    "m": ("metres", "meters", "metre", "meter", "m", "メートル", "米"),
+    "cm": ("centimetres", "centimeters", "centimetre", "centimeter", "cm", "厘米", "センチメートル", "センチ"),
+    "mm": ("millimetres", "millimeters", "millimetre", "millimeter", "mm", "毫米", "ミリメートル", "ミリ"),
+    "ft": ("feet", "foot", "ft", "英尺", "フィート"),
+    "mi": ("miles", "mile", "英里", "マイル"),
+    "in": ("inches", "inch", "英寸", "インチ"),
+    "kg": ("kilograms", "kilogram", "kg", "公斤", "千克", "キログラム"),
+    "g": ("grams", "gram", "g", "克", "グラム"),
+    "t": ("tonnes", "tonne", "tons", "ton", "吨", "噸", "トン"),
+    "lb": ("pounds", "pound", "lbs", "lb", "磅", "ポンド"),
+    "°C": ("°c", "℃", "degrees celsius", "摂氏"),
+    "°F": ("°f", "℉", "degrees fahrenheit", "华氏", "華氏"),
+    "%": ("%", "percent", "per cent", "パーセント"),
+}
+_UNIT_OF = {word: unit for unit, words in _UNITS.items() for word in words}
+_AMOUNT = (r"\d+(?:,\d{3})*(?:\.\d+)?|" + "|".join(sorted(_WORDS, key=len, reverse=True))
+           + f"|[{''.join(_CJK_DIGITS)}{''.join(_CJK_UNITS)}]+")
+_QUANTITY = re.compile(rf"(?<![a-z0-9.,])({_AMOUNT})\s?(" + "|".join(
+    re.escape(w) for w in sorted(_UNIT_OF, key=len, reverse=True)) + r")(?![a-z])")
+
+
+def _amount(token: str) -> float | None:
+    if token[0].isdigit():
+        return float(token.replace(",", ""))
+    return float(_WORDS[token]) if token in _WORDS else _cjk_value(token)
+
+
+def quantities(text: str) -> dict[float, frozenset[str]]:
+    """Each number `text` states with a unit -> the units it is stated in: "about 8 minutes" -> {8: {min}}."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    found: dict[float, set[str]] = {}
+    for amount, unit in _QUANTITY.findall(text):
+        value = _amount(amount)
+        if value is not None:
+            found.setdefault(float(f"{value:.6g}"), set()).add(_UNIT_OF[unit])
+    return {value: frozenset(units) for value, units in found.items()}
+
+
+def unit_mismatch(a: str, b: str) -> list[tuple[float, frozenset[str], frozenset[str]]]:
+    """(number, units in `a`, units in `b`) for each number both state with units that share none."""
+    left, right = quantities(a), quantities(b)
+    return [(v, left[v], right[v]) for v in sorted(left.keys() & right.keys()) if not left[v] & right[v]]

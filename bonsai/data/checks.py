@@ -7,7 +7,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from functools import cache
 
-from bonsai.data.anchors import number_mismatch
+from bonsai.data.anchors import number_mismatch, unit_mismatch
 from bonsai.data.records import Record
 from bonsai.data.textmetrics import normalise, units
 
@@ -301,16 +301,21 @@ def corroborations(records: list[Record]) -> dict[str, list[str]]:
 
 
 def translation_number_mismatches(records: list[Record]) -> dict[str, str]:
-    """id -> what differs, for translations whose output states other numbers than their input
-    (bonsai.data.anchors): "12 to 16 hours" rendered as "8時間" is a fluent, wrong translation."""
+    """id -> what differs, for translations whose output states other numbers than their input, or one
+    number in another unit (bonsai.data.anchors): "12 to 16 hours" rendered as "8時間", "eight minutes" as
+    "8秒": a fluent, wrong translation."""
     found = {}
+    show = lambda values: ", ".join(f"{v:g}" for v in sorted(values)) or "none"  # noqa: E731
     for r in records:
         if r.category != "translation":
             continue
         only_input, only_output = number_mismatch(r.input, r.output)
         if only_input or only_output:
-            show = lambda values: ", ".join(f"{v:g}" for v in sorted(values)) or "none"  # noqa: E731
             found[r.id] = f"translation changes the numbers: input {show(only_input)}, output {show(only_output)}"
+        elif units := unit_mismatch(r.input, r.output):
+            value, said, wrote = units[0]
+            found[r.id] = f"translation changes the unit: input {value:g} {'/'.join(sorted(said))}, " \
+                          f"output {value:g} {'/'.join(sorted(wrote))}"
     return found
 
 
