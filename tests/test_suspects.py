@@ -215,3 +215,22 @@ def test_an_answer_with_another_count_than_its_instruction_asks_for_is_named():
     found = ignored_counts(records)
     assert set(found) == {"five", "poem"}  # a heading before three items, "a riddle", prose: not counted
     assert found["five"] == "the instruction asks for 3 (novels), the answer gives 5"
+
+
+def test_an_answer_far_longer_than_its_instruction_allows_is_named_and_one_within_it_is_not():
+    from bonsai.data.checks import overlong_answers
+
+    slogan = "用不超过二十个字，写一句关于秋天的标语。"
+    records = [Record("long", slogan, "", "秋天是收获的季节，金黄的稻田随风起伏，果园里挂满了红红的苹果和沉甸甸的柿子。让我们走出家门，"
+                                        "去感受秋天的美丽，珍惜大自然的馈赠吧！", "creative", "zh"),
+               Record("short", slogan, "", "金秋十月，硕果满枝，丰收在望。", "creative", "zh"),
+               Record("phrase", "複利とは何か、一言で答えてください。", "", "利息にも利息が付く計算方法です。元本が増えるほど"
+                      "利息も増えます。期間が長いほど差は大きくなります。だから早く始めるのがよいとされます。", "open_qa", "ja"),
+               Record("word", "Is a whale a mammal or a fish? Answer with one word.", "", "Mammal.", "classification", "en"),
+               Record("words", "Describe autumn in no more than ten words.", "", "Autumn is the season when the leaves "
+                      "turn red and gold and fall from the trees, and the air grows cold.", "creative", "en"),
+               Record("each", "请把下列经济学家按学派分类，并各用一句话说明。", "", "古典学派：亚当·斯密。凯恩斯学派：凯恩斯。"
+                      "货币主义：弗里德曼。", "classification", "zh")]
+    found = overlong_answers(records)
+    assert set(found) == {"long", "phrase", "words"}  # within the limit, or a limit per item: not named
+    assert found["long"] == "the instruction asks for at most 20 characters, the answer has 59"

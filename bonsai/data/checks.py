@@ -7,7 +7,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from functools import cache
 
-from bonsai.data.anchors import number_mismatch, unit_mismatch
+from bonsai.data.anchors import number_mismatch, numbers, unit_mismatch
 from bonsai.data.records import Record
 from bonsai.data.textmetrics import normalise, units
 
@@ -550,4 +550,67 @@ def ignored_counts(records: list[Record]) -> dict[str, str]:
         given = items if items > 1 else len(lines)
         if given > 1 and given != asked[0]:
             found[r.id] = f"the instruction asks for {asked[0]} ({asked[1]}), the answer gives {given}"
+    return found
+
+
+# A length the instruction sets: "in no more than 20 words", "用不超过二十个字", "50字以内で", "一言で"
+# (in a word), "in one sentence". (pattern, what it limits, the limit where the pattern holds no number).
+_NUMBER = r"(\d+|[a-z]+|[一二两三四五六七八九十百]+)"
+_LENGTH_LIMITS = (
+    (re.compile(rf"(?i)\b(?:no more than|not more than|at most|under|fewer than|less than|up to|maximum of)\s+"
+                rf"{_NUMBER}\s+(word|character|sentence)s?\b"), None),
+    (re.compile(rf"(?i)\bin\s+{_NUMBER}\s+(word|sentence)s?\s+or\s+(?:less|fewer)\b"), None),
+    (re.compile(r"(?i)\b(?:in|as|with|using)\s+(?:a single|one|1)\s+(word|sentence)\b"), 1),
+    (re.compile(r"(?i)\bone-(sentence)\b"), 1),
+    (re.compile(rf"(?:不超过|不多于|少于|最多|限)\s*{_NUMBER}\s*个?(字)"), None),
+    (re.compile(rf"{_NUMBER}\s*个?(字)(?:以内|之内)"), None),
+    (re.compile(rf"{_NUMBER}\s*(文字|字)(?:以内|以下|程度|前後|くらい)"), None),
+    (re.compile(r"(?:用|以)(一句话)"), 1),
+    (re.compile(r"(一言|一文)で"), 1),
+)
+_LIMIT_UNIT = {"word": "words", "character": "characters", "sentence": "sentences", "字": "characters",
+               "文字": "characters", "一句话": "sentences", "一言": "sentences", "一文": "sentences"}
+_PER_ITEM = re.compile(r"各|每|それぞれ|\beach\b|\bper\b", re.IGNORECASE)  # "各用一句话": a limit per item
+LENGTH_OVER = 1.5  # an answer this many times its limit (and a few units more) ignores it, not rounds it
+LENGTH_SLACK = {"words": 3, "characters": 4, "sentences": 1}
+
+
+def length_limit(instruction: str) -> tuple[int, str] | None:
+    """(limit, "words" | "characters" | "sentences") an instruction sets on the whole answer, if it sets one."""
+    if _PER_ITEM.search(instruction):
+        return None
+    for pattern, fixed in _LENGTH_LIMITS:
+        if match := pattern.search(instruction):
+            said, unit = (str(fixed), match.group(1)) if fixed else match.groups()
+            count = int(said) if said.isdigit() else _COUNT_WORDS.get(said.lower()) or numbers_in(said)
+            if count:
+                return count, _LIMIT_UNIT[unit.lower()]
+    return None
+
+
+def numbers_in(text: str) -> int | None:
+    """A Chinese or Japanese numeral alone ("二十", "百"), as an int."""
+    found = list(numbers(text + "个"))
+    return int(found[0]) if len(found) == 1 else None
+
+
+def length_of(text: str, unit: str) -> int:
+    if unit == "characters":
+        return sum(1 for ch in text if not (ch.isspace() or unicodedata.category(ch)[0] in "PS"))
+    if unit == "words":
+        return len(re.findall(r"[A-Za-z0-9'’-]+", text))
+    return len([s for s in _INNER_SENTENCE_END.split(text) if len(s.strip()) > 1])
+
+
+def overlong_answers(records: list[Record]) -> dict[str, str]:
+    """id -> why, for answers far longer than the length their instruction sets ("no more than 20 characters"
+    and a paragraph of 80, "一言で" and five sentences)."""
+    found = {}
+    for r in records:
+        if r.category == "translation" or not (limit := length_limit(r.instruction)):
+            continue
+        count, unit = limit
+        given = length_of(r.output, unit)
+        if given > count * LENGTH_OVER + LENGTH_SLACK[unit]:
+            found[r.id] = f"the instruction asks for at most {count} {unit}, the answer has {given}"
     return found

@@ -8,7 +8,8 @@ A record's suspicion score adds up independent evidence, each piece named in its
   symbols and digits, or a loop), `echo` (the answer repeats its instruction or input), `numbers` (a
   translation whose output states other numbers than its input), `polarity` (a translation of which one side
   negates and the other does not; half a flag), `refusal` (an answer whose first sentence declines or
-  disclaims), `ignored_count` (another number of items or lines than the instruction asks for),
+  disclaims), `ignored_count` (another number of items or lines than the instruction asks for, or far more words,
+  characters or sentences than it allows),
   `missing_input` (no input, in a category
   whose records nearly all have one), `off_context` (an answer mostly not drawn from its instruction and
   input, in a category whose answers nearly all are), `unfinished` (no sentence end, in a category whose
@@ -36,7 +37,8 @@ from pathlib import Path
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
-                                 ignored_counts, missing_inputs, off_context_answers, outvoted, refusals,
+                                 ignored_counts, missing_inputs, off_context_answers, outvoted, overlong_answers,
+                                 refusals,
                                  translation_number_mismatches, translation_polarity_flips, translation_support,
                                  unfinished_endings, ungrounded)
 from bonsai.data.textmetrics import echo_of, text_oddity
@@ -154,7 +156,7 @@ def data_flags(records: list[Record], signals: tuple[str, ...] = SIGNALS) -> dic
         "numbers": ("numbers", 1.0, lambda: translation_number_mismatches(records)),
         "polarity": ("polarity", POLARITY_WEIGHT, lambda: translation_polarity_flips(records)),
         "refusal": ("refusal", 1.0, lambda: refusals(records)),
-        "count": ("ignored_count", 1.0, lambda: ignored_counts(records)),
+        "count": ("ignored_count", 1.0, lambda: ignored_counts(records) | overlong_answers(records)),
         "input": ("missing_input", 1.0, lambda: missing_inputs(records)),
         "context": ("off_context", 1.0, lambda: off_context_answers(records)),
         "ending": ("unfinished", 1.0, lambda: unfinished_endings(records)),
