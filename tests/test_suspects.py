@@ -63,6 +63,7 @@ def test_an_answer_that_repeats_its_question_or_input_is_an_echo_and_a_rewrite_i
     assert echo_of("台风和飓风之间的不同点是什么？", "请换一种说法改写这个问题。", "台风和飓风有什么区别？") is None
     # A loop behind list numbers is still a loop; a list of different items is not.
     assert text_oddity(" ".join(f"{i}. Star-shaped cookies" for i in range(1, 8))).startswith("output repeats")
+    assert text_oddity("根据勾股定理，6²＋8²＝36＋64＝100，所以斜边长是10。") is None  # a calculation is not garbage
     assert text_oddity("1. Rockets 2. Star cookies 3. Planet piñata 4. Moon sand 5. Alien masks 6. Comet cake") is None
 
 
@@ -184,7 +185,9 @@ def test_a_translation_that_drops_or_adds_a_negation_is_named_and_only_or_few_ar
                _translation("only", "zh", "ja", "考拉几乎只吃桉树叶。", "コアラはユーカリの葉しか食べません。"),
                _translation("few", "zh", "ja", "冬天食物少。", "冬は食べ物が少ないです。"),
                _translation("lost", "en", "ja", "I lost my wallet.", "財布をなくしました。"),
-               _translation("same", "en", "zh", "Whales do not breathe with gills.", "鲸鱼不用鳃呼吸。")]
+               _translation("same", "en", "zh", "Whales do not breathe with gills.", "鲸鱼不用鳃呼吸。"),
+               _translation("rather", "ja", "en", "竹は木ではなく草の仲間です。", "Bamboo is a grass rather than a tree."),
+               _translation("barely", "zh", "en", "北极星整夜几乎不动。", "Polaris barely moves all night.")]
     assert set(translation_polarity_flips(records)) == {"flip", "flip-zh"}
 
 

@@ -459,11 +459,13 @@ def off_context_answers(records: list[Record]) -> dict[str, str]:
     return found
 
 
-# Negation as each language writes it. Japanese: the ない forms of verbs (not the adjectives 少ない,
+# Negation as each language writes it; in English also what other languages write with one ("rather than"
+# for ではなく, "barely moves" for 几乎不动). Japanese: the ない forms of verbs (not the adjectives 少ない,
 # 危ない), ません, the ず and ざる forms; しか…ない is "only", not a negation. Chinese: 不 (not in words
 # where it negates nothing: 不同 different, 不过 but, 不断 constantly, ...), 没(有), 无法, 未, 并非.
 _NEGATION = {
-    "en": re.compile(r"\b(?:not|never|no|none|neither|nor|cannot|without)\b|n't\b|\bnon-", re.IGNORECASE),
+    "en": re.compile(r"\b(?:not|never|no|none|neither|nor|cannot|without|hardly|barely|scarcely)\b|n't\b|\bnon-|"
+                     r"\brather than\b|\binstead of\b", re.IGNORECASE),
     "ja": re.compile(r"(?<![少危])ない|なかっ|なければ|なくて|ではなく|ません|ず(?=[、。にとも])|ざる|無い"),
     "zh": re.compile(r"不(?![同过断久仅少但论管然停料足])|没有|没|无法|未|并非|非(?![常洲])"),
 }

@@ -77,6 +77,8 @@ def repetition_metrics(text: str) -> dict[str, float]:
 
 
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+# A calculation is one unit too: "6²+8²=36+64=100" in an answer to a maths question is not garbage.
+_FORMULA = re.compile(r"\d+(?:[.,:]\d+)*(?:\s*[-+×÷*/=^<>]\s*\d+(?:[.,:]\d+)*)+")
 ODD_MIN_CHARS = 20  # shorter answers ("3776 m", "1964") are not judged by their letters
 ODD_MAX_LETTER_SHARE = 0.5
 ODD_MIN_UNITS = 6  # "Yes. Yes. Yes. Yes. Yes. Yes." loops too
@@ -90,7 +92,7 @@ def text_oddity(text: str) -> str | None:
     visible = [ch for ch in text if not ch.isspace()]
     if len(visible) >= ODD_MIN_CHARS:
         # A number is one unit, as a word is: a list of dates in Chinese ("3. 电话（1876年）") is text.
-        visible = list(_NUMBER.sub("0", "".join(visible)))
+        visible = list(_NUMBER.sub("0", _FORMULA.sub("0", unicodedata.normalize("NFKC", "".join(visible)))))
         share = sum(ch.isalpha() for ch in visible) / len(visible)
         if share < ODD_MAX_LETTER_SHARE:
             return f"output is {1 - share:.0%} symbols and digits"
