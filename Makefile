@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install torch==2.13.0; fi
 	$(BIN)/pip install -e '.[test]'
 	# DeepSpeed compiles its CPU ops (the offload optimizer, shared-memory collectives) on first use: 2-3
-	# minutes on 2 cores. Built once here, the first ZeRO run on a CPU machine does not pay for it.
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -c "from deepspeed.accelerator import \
+	# minutes on 2 cores. Built once here, into the venv (bonsai.train.distributed.use_environment_op_cache),
+	# the first ZeRO run on a CPU machine does not pay for it.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions \
+	  $(BIN)/python -c "from deepspeed.accelerator import \
 	  get_accelerator as a; [a().create_op_builder(n).load(verbose=False) for n in ('CPUAdamBuilder', 'ShareMemCommBuilder')]"; fi
 	touch $@
 

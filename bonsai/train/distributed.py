@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -140,9 +141,22 @@ def set_malloc_mmap_threshold(size: int) -> bool:
     return done == 1
 
 
+def use_environment_op_cache() -> str | None:
+    """DeepSpeed's CPU ops (cpu_adam, shm_comm) are compiled into TORCH_EXTENSIONS_DIR, by default one
+    directory in the home shared by every Python environment; each environment's build differs (its own
+    include paths), so two environments rebuild them in turn, 2-3 minutes each time a run first needs
+    them. Inside a virtual environment they go into it instead (`make setup` builds them there), unless
+    the user chose a directory. Returns the directory set, if one was."""
+    if "TORCH_EXTENSIONS_DIR" in os.environ or sys.prefix == sys.base_prefix:
+        return None
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+    return os.environ["TORCH_EXTENSIONS_DIR"]
+
+
 def setup_distributed(cfg: BonsaiConfig, accumulation: int) -> Dist:
     """The launch's strategy, its Accelerator and process group; refuses a world size the launcher did
     not promise."""
+    use_environment_op_cache()
     # DeepSpeed calls these deprecated torch names in every step; the warning then floods the log.
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
