@@ -31,6 +31,9 @@ def _translation(rid, src, tgt, text, out):
     ("Wait a second.", set()),
     ("俄罗斯面积约1,710万平方公里", {17.1e6}),
     ("約1億6,500万平方キロメートル", {165e6}),
+    ("1845年至1852年间，约有一百万人死亡。", {1845, 1852, 1e6}),  # a scale counts next to its own digits
+    ("収量が約2割多い。", {20}),  # 割 counts tenths
+    ("巴斯德在19世纪60年代发明了它。", {1860}),  # the 1860s
 ])
 def test_numbers_read_the_same_in_every_language(text, expected):
     assert numbers(text) == expected
@@ -54,6 +57,10 @@ def test_a_translation_that_changes_a_number_or_its_unit_is_named_and_faithful_o
     assert found["changed"] == "translation changes the numbers: input 12, 16, output 8"
     assert found["minutes"] == "translation changes the unit: input 8 min, output 8 s"
     assert number_mismatch("Mozart", "1756") == (frozenset(), frozenset())  # one side states none: no claim
+    # A numeral inside a word, or "pairs", implies the number the other side states.
+    assert number_mismatch("1973年，“三系”配套成功。", "In 1973 the three-line system was completed.") == (frozenset(), frozenset())
+    assert number_mismatch("In 1747 he divided twelve sailors into six pairs.", "1747年、12人を2人ずつ6組に分けた。") \
+        == (frozenset(), frozenset())
 
 
 def test_an_answer_that_repeats_its_question_or_input_is_an_echo_and_a_rewrite_is_not():
@@ -135,6 +142,12 @@ def test_an_answer_that_stops_mid_sentence_is_named_where_its_category_ends_sent
     assert set(unfinished_endings(prose + [cut, quoted] + lists)) == {"cut"}  # lists never end a sentence
     oceans = Record("oceans", "List the oceans.", "", "1. Pacific Ocean\n2. Atlantic Ocean\n3. Indian Ocean", "open_qa", "en")
     assert set(unfinished_endings(prose + [cut, oceans])) == {"cut"}  # a plain list in a category of sentences
+    # A list after a sentence that introduces it ends as a list does, unless its last item is cut short.
+    listed = Record("listed", "Name the oceans.", "", "There are five.\n1. Pacific Ocean\n2. Atlantic Ocean\n"
+                    "3. Indian Ocean\n4. Southern Ocean\n5. Arctic Ocean", "open_qa", "en")
+    short = Record("short", "Name the oceans.", "", "There are five.\n1. Pacific Ocean\n2. Atlantic Ocean\n3. Ind",
+                   "open_qa", "en")
+    assert set(unfinished_endings(prose + [listed, short])) == {"short"}
 
 
 def test_an_answer_not_drawn_from_its_context_is_named_where_its_category_answers_from_context():
@@ -237,3 +250,4 @@ def test_an_answer_far_longer_than_its_instruction_allows_is_named_and_one_withi
     found = overlong_answers(records)
     assert set(found) == {"long", "phrase", "words"}  # within the limit, or a limit per item: not named
     assert found["long"] == "the instruction asks for at most 20 characters, the answer has 59"
+

@@ -38,7 +38,10 @@ _SCALED = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:万亿|兆|億|亿|万)
                      r"(?:\d{1,3}(?:,\d{3})+|\d+)?")
 _SCALE_PART = re.compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(万亿|兆|億|亿|万)")
 _CJK_RUN = re.compile(f"[{''.join(_CJK_DIGITS)}{''.join(_CJK_UNITS)}]+")
-_TOKEN = re.compile(r"[a-z]+|\d+(?:,\d{3})*(?:\.\d+)?|[万亿億兆]")
+_TOKEN = re.compile(r"[a-z]+|\d+(?:,\d{3})*(?:\.\d+)?")
+# Japanese 割 counts tenths ("2割" is 20 %); Chinese writes a decade of a century as "19世纪60年代" (the 1860s).
+_TENTHS = re.compile(r"(\d+(?:\.\d+)?)割")
+_CENTURY_DECADE = re.compile(r"(\d{1,2})世[纪紀](\d)0年代")
 
 
 def _cjk_value(run: str) -> float | None:
@@ -63,11 +66,13 @@ def numbers(text: str) -> frozenset[float]:
     """The numbers `text` states (one left out), as floats rounded to 6 significant digits."""
     text = unicodedata.normalize("NFKC", text).casefold()
     text = _SCALED.sub(lambda m: f" {_scaled_value(m.group()):.0f} ", text)
+    text = _TENTHS.sub(lambda m: f" {float(m.group(1)) * 10:g} ", text)
+    text = _CENTURY_DECADE.sub(lambda m: f" {(int(m.group(1)) - 1) * 100 + int(m.group(2)) * 10} ", text)
     found: list[float] = []
     tokens = _TOKEN.findall(text)
     for i, token in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-        scale = _SCALES.get(nxt) or _CJK_SCALES.get(nxt) or 1
+        scale = _SCALES.get(nxt) or 1  # a CJK scale counts only next to its digits (_SCALED, _CJK_RUN)
         if token[0].isdigit():
             found.append(float(token.replace(",", "")) * scale)
         elif token in _WORDS:
@@ -92,13 +97,27 @@ def numbers(text: str) -> frozenset[float]:
     return frozenset(float(f"{v:.6g}") for v in found if v != 1)
 
 
+# Forms that imply a number without stating one: a numeral inside a word (三系 is the "three-line"
+# system), "pairs" (2 each). They excuse the other side's number; they state none of their own.
+_PAIRS = re.compile(r"\b(?:pairs?|couples?)\b")
+
+
+def implied_numbers(text: str) -> frozenset[float]:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    found = {v for run in _CJK_RUN.findall(text) if (v := _cjk_value(run)) is not None}
+    if _PAIRS.search(text):
+        found.add(2.0)
+    return frozenset(float(f"{v:.6g}") for v in found)
+
+
 def number_mismatch(a: str, b: str) -> tuple[frozenset[float], frozenset[float]]:
     """(numbers only `a` states, numbers only `b` states), where both state some; else two empty sets: a
-    side without numbers may have spelled them out in a way not read here."""
+    side without numbers may have spelled them out in a way not read here. A number the other side
+    implies (implied_numbers) is not one only this side states."""
     left, right = numbers(a), numbers(b)
     if not left or not right:
         return frozenset(), frozenset()
-    return left - right, right - left
+    return left - right - implied_numbers(b), right - left - implied_numbers(a)
 
 
 # Units a translation must keep: "eight minutes" is not "8秒", "828 metres" not "828英尺". Each unit as

@@ -381,10 +381,16 @@ def cut_off(text: str) -> bool:
 
 
 def ends_as_written(text: str) -> bool:
-    """The answer ends a sentence, or is lines of which none does (a list, a poem, labels)."""
+    """The answer ends a sentence, or is lines of which none does (a list, a poem, labels), or is such a
+    list after a sentence that introduces it ("次の四つです。\n1. …\n4. …") whose last item is not cut
+    short (half the median length of the others: "1. 太平洋\n2. 大西洋\n3. インド洋\n4. 南" is)."""
     if text.strip()[-1:] in SENTENCE_FINAL:
         return True
     lines = _lines(text)
+    items = [line for item, line in lines if item]
+    if lines and lines[-1][0] and len(items) > 1:
+        others = sorted(len(line) for line in items[:-1])
+        return not any(line[-1:] in _LINE_END for line in items) and len(items[-1]) * 2 >= others[len(others) // 2]
     return len(lines) > 1 and not any(line[-1:] in _LINE_END for _, line in lines)
 
 
@@ -616,3 +622,4 @@ def overlong_answers(records: list[Record]) -> dict[str, str]:
         if given > count * LENGTH_OVER + LENGTH_SLACK[unit]:
             found[r.id] = f"the instruction asks for at most {count} {unit}, the answer has {given}"
     return found
+
