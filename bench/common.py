@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from bonsai.data.records import Record
 from bonsai.observe.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +70,13 @@ def step_rows(run_dir: Path) -> dict[int, dict]:
     """metrics.jsonl's training rows (those with a loss) by step."""
     return {r["step"]: r for r in read_metrics(run_dir) if "train/loss" in r}
 
+
+SETS = ROOT / "bench" / "sets"
+
+
+def read_set(name: str) -> tuple[list[Record], dict[str, str]]:
+    rows = [json.loads(line) for line in (SETS / name / "data.jsonl").read_text(encoding="utf-8").splitlines()]
+    fields = ("id", "instruction", "input", "output", "category", "lang", "source_lang")
+    records = [Record(**{f: row.get(f) for f in fields}) for row in rows]
+    planted = json.loads((SETS / name / "labels.json").read_text(encoding="utf-8"))["planted"]
+    return records, {rid: p["kind"] for rid, p in planted.items()}

@@ -14,24 +14,13 @@ data flags read the records alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from common import ROOT
+from common import read_set
 from names import names, rendered
 
 from bonsai.data.records import Record
 from bonsai.observe.report import data_flags
-
-SETS = ROOT / "bench" / "sets"
-
-
-def read_set(name: str) -> tuple[list[Record], dict[str, str]]:
-    rows = [json.loads(line) for line in (SETS / name / "data.jsonl").read_text(encoding="utf-8").splitlines()]
-    fields = ("id", "instruction", "input", "output", "category", "lang", "source_lang")
-    records = [Record(**{f: row.get(f) for f in fields}) for row in rows]
-    planted = json.loads((SETS / name / "labels.json").read_text(encoding="utf-8"))["planted"]
-    return records, {rid: p["kind"] for rid, p in planted.items()}
 
 
 def name_swap(r: Record) -> str | None:

@@ -26,11 +26,10 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-from common import ROOT, run_bonsai
+from common import ROOT, SETS, run_bonsai
 
 from bonsai.observe.report import SIGNALS, find_suspects
 
-SETS = ROOT / "bench" / "sets"
 NAMED_KINDS = ("contradiction", "misaligned_translation", "truncated", "echo_or_loop", "wrong_language")
 
 

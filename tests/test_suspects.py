@@ -251,3 +251,23 @@ def test_an_answer_far_longer_than_its_instruction_allows_is_named_and_one_withi
     assert set(found) == {"long", "phrase", "words"}  # within the limit, or a limit per item: not named
     assert found["long"] == "the instruction asks for at most 20 characters, the answer has 59"
 
+
+def test_an_answer_to_another_question_is_named_and_a_terse_answer_to_its_own_is_not():
+    from bonsai.data.checks import misplaced_answers
+
+    qa = [("What is the largest organ of the human body?", "The skin is the largest organ of the human body."),
+          ("Which organ produces insulin?", "The pancreas produces insulin in its beta cells."),
+          ("How many bones does an adult human have?", "An adult has 206 bones."),
+          ("What is the smallest country in the world?", "Vatican City, at about 0.44 square kilometres."),
+          ("Why do onions make people cry?", "Cutting them releases a gas that irritates the eyes.")]
+    records = [Record(f"q{i}", question, "", answer, "open_qa", "en") for i, (question, answer) in enumerate(qa)]
+    records += [Record("zh", "胰岛素是由哪个器官分泌的？", "", "胰岛素由胰腺分泌。", "open_qa", "zh"),
+                # the pancreas answer under the skin question, once in each language
+                Record("shifted", "Which organ of the body is the largest?", "", qa[1][1], "open_qa", "en"),
+                Record("shifted_zh", "人体最大的器官是什么？", "", "胰岛素由胰腺中胰岛的β细胞分泌，能降低血糖。", "open_qa", "zh"),
+                # a poem strays from its prompt by design
+                Record("poem", "Write a poem about autumn.", "", "The pancreas hums; insulin flows, which organ "
+                       "produces it, the poet asks.", "creative", "en")]
+    found = misplaced_answers(records)
+    assert set(found) == {"shifted", "shifted_zh"}  # q3 (Vatican City) shares nothing with its question either
+    assert found["shifted"] == "its answer holds 78% of what q1's question asks about and 0% of its own"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter, defaultdict
 from functools import cache
+from itertools import pairwise
 
 from bonsai.data.anchors import number_mismatch, numbers, unit_mismatch
 from bonsai.data.records import Record
@@ -623,3 +625,77 @@ def overlong_answers(records: list[Record]) -> dict[str, str]:
             found[r.id] = f"the instruction asks for at most {count} {unit}, the answer has {given}"
     return found
 
+
+# What a question is about, comparable within a language: Latin words of three letters or more but the
+# commonest function words, and pairs of adjacent CJK letters (single characters are shared by everything;
+# a pair is close to a word: 心脏, 富士, クモ).
+_FUNCTION_WORDS = frozenset(
+    "the and are was were been its this that these those with for from into than which who whom whose what when "
+    "where why how not but his her hers their they them she you your our can could would should will shall does "
+    "did has have had may might must there here about some any all each other such very more most also only "
+    "give tell name list write explain describe please".split())
+_WORD_RUN = re.compile(r"[^\W\d_]+")
+
+
+def topic_units(text: str) -> set[str]:
+    out: set[str] = set()
+    for run in _WORD_RUN.findall(unicodedata.normalize("NFKC", text).casefold()):
+        if run.isascii():
+            if len(run) > 2 and run not in _FUNCTION_WORDS:
+                out.add(run)
+        else:
+            out |= {a + b for a, b in pairwise(run)}
+    return out
+
+
+# An answer to another question: it holds little of what its own question is about and most of what
+# another question of the data (not a rewording of its own) is about. Only where answers address their
+# question by habit (QA; a poem or a list of ideas strays by design). On the dev sets and the sample every
+# clean QA answer either covers more than ANSWERS_OWN of its question or covers no other question as
+# well as ANSWERS_OTHER ("What is the smallest country?" and "Vatican City, ..." share nothing, and no
+# other question more than half).
+MISPLACED_CATEGORIES = ("open_qa", "closed_qa")
+ANSWERS_OWN = 0.15
+ANSWERS_OTHER = 0.6
+MATCHED_UNITS = 2  # "Canberra" alone is not what "things to do in Canberra" asks
+COMMON_UNIT = 0.05  # a unit in more than this share of the questions leads to no candidate (still weighed)
+
+
+def misplaced_answers(records: list[Record]) -> dict[str, str]:
+    """id -> why, for QA answers that answer another question of the data rather than their own: an answer
+    shifted by a row, pasted under the wrong question. Weighed by rarity (IDF over the questions), so a
+    shared "capital" counts less than a shared "Canberra"; indexed, so each answer meets only the
+    questions that share a rare unit with it."""
+    answer = {r.id: topic_units(r.output) for r in records}
+    said_anywhere = Counter(u for units_ in answer.values() for u in units_)
+    asked = {r.id: topic_units(f"{r.instruction} {r.input}") for r in records}
+    seen = Counter(u for units_ in asked.values() for u in units_)
+    # A unit no other question or answer holds can be matched by nothing; leaving it out keeps the CJK pairs
+    # that straddle two words (素是, 由哪) from diluting what a question is about.
+    question = {rid: {u for u in units_ if seen[u] + said_anywhere[u] > 1} for rid, units_ in asked.items()}
+    weight = {u: math.log((len(records) + 1) / (n + 0.5)) for u, n in seen.items()}
+    asking: dict[str, list[str]] = defaultdict(list)
+    for rid, units_ in question.items():
+        for u in units_:
+            if seen[u] <= max(2, COMMON_UNIT * len(records)):
+                asking[u].append(rid)
+
+    def covered(said: set[str], asked: set[str]) -> float:
+        total = sum(weight[u] for u in asked)
+        return sum(weight[u] for u in said & asked) / total if total else 1.0
+
+    by_id = {r.id: r for r in records}
+    found = {}
+    for r in records:
+        if r.category not in MISPLACED_CATEGORIES or not r.output.strip():
+            continue
+        said = answer[r.id]
+        if covered(said, question[r.id]) > ANSWERS_OWN:
+            continue
+        others = {o for u in said for o in asking.get(u, ()) if o != r.id and by_id[o].lang == r.lang}
+        fits = sorted((covered(said, question[o]), o) for o in others if len(said & question[o]) >= MATCHED_UNITS)[::-1]
+        if fits and fits[0][0] >= ANSWERS_OTHER:
+            share, other = fits[0]
+            found[r.id] = (f"its answer holds {share:.0%} of what {other}'s question asks about "
+                           f"and {covered(said, question[r.id]):.0%} of its own")
+    return found

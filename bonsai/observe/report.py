@@ -12,7 +12,8 @@ A record's suspicion score adds up independent evidence, each piece named in its
   characters or sentences than it allows),
   `missing_input` (no input, in a category
   whose records nearly all have one), `off_context` (an answer mostly not drawn from its instruction and
-  input, in a category whose answers nearly all are), `unfinished` (no sentence end, in a category whose
+  input, in a category whose answers nearly all are), `answers_other` (a QA answer that holds little of
+  what its own question asks about and most of what another question of the data asks), `unfinished` (no sentence end, in a category whose
   answers nearly all end one);
 - from training, over the whole run and against the records of its category (robust z: median and MAD):
   `loss_z`, its mean loss per byte of answer (a record the model cannot learn while its peers are learned
@@ -37,10 +38,9 @@ from pathlib import Path
 from bonsai.config import load_config
 from bonsai import metric_keys as keys
 from bonsai.data.checks import (borrowed_answers, corroborations, find_contradictions, find_language_mismatches,
-                                 ignored_counts, missing_inputs, off_context_answers, outvoted, overlong_answers,
-                                 refusals,
-                                 translation_number_mismatches, translation_polarity_flips, translation_support,
-                                 unfinished_endings, ungrounded)
+                                 ignored_counts, misplaced_answers, missing_inputs, off_context_answers, outvoted,
+                                 overlong_answers, refusals, translation_number_mismatches, translation_polarity_flips,
+                                 translation_support, unfinished_endings, ungrounded)
 from bonsai.data.textmetrics import echo_of, text_oddity
 from bonsai.io import read_jsonl, write_json
 from bonsai.observe.metrics import read_metrics
@@ -70,7 +70,7 @@ LOSS_Z_REASON = 5.0
 EOS_Z_REASON = 5.0
 # The evidence score_records weighs; bench/suspects.py --ablate leaves each out in turn to measure it.
 SIGNALS = ("contradiction", "language", "odd_text", "echo", "numbers", "polarity", "refusal", "count", "input",
-           "context", "ending", "loss", "eos", "spikes", "support")
+           "context", "question", "ending", "loss", "eos", "spikes", "support")
 # A negation one side of a translation has and the other lacks is sometimes an idiom ("木ではなく草" as
 # "a grass rather than a tree"; on the dev sets 3 of the 5 it named were planted): half a flag.
 POLARITY_WEIGHT = 0.5
@@ -159,6 +159,7 @@ def data_flags(records: list[Record], signals: tuple[str, ...] = SIGNALS) -> dic
         "count": ("ignored_count", 1.0, lambda: ignored_counts(records) | overlong_answers(records)),
         "input": ("missing_input", 1.0, lambda: missing_inputs(records)),
         "context": ("off_context", 1.0, lambda: off_context_answers(records)),
+        "question": ("answers_other", 1.0, lambda: misplaced_answers(records)),
         "ending": ("unfinished", 1.0, lambda: unfinished_endings(records)),
         "language": ("script_says", 1.0, lambda: {rid: f"labelled {by_id[rid].lang} but written in {seen}"
                                                   for rid, seen in find_language_mismatches(records).items()}),
