@@ -1,6 +1,6 @@
-"""Does the one pretrained text embedding the package registry ships carry meaning across English, Japanese
-and Chinese? WordLlama (`wordllama`, 0.4) packages its l2_supercat_256 weights in the wheel; every other
-sentence encoder tried fetches its weights from the Hugging Face hub, which this project cannot reach.
+"""Does a pretrained text embedding from the package registry carry meaning across English, Japanese and
+Chinese? WordLlama (`wordllama`, 0.4) packages its l2_supercat_256 weights in its wheel, where sentence
+encoders commonly fetch theirs from the Hugging Face hub at first use, which this project cannot reach.
 If it did, it could link the same question asked in two languages and compare a translation with its
 source, the two things the suspect ranking's missing contradictions and misaligned translations need.
 
@@ -22,6 +22,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from common import read_set
 
 
@@ -32,40 +33,35 @@ def load_model():
     return wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
 
 
-def deciles(xs: list[float]) -> str:
+def deciles(xs) -> str:
     q = statistics.quantiles(xs, n=10)
     return f"p10 {q[0]:.2f}  median {statistics.median(xs):.2f}  p90 {q[8]:.2f}"
 
 
-def retrieval(model, pairs) -> None:
+def retrieval(cos, records) -> None:
     """Top-1: is a source's own translation the most similar output among its language pair's outputs?"""
     by_pair = defaultdict(list)
-    for r, _ in pairs:
-        by_pair[(r.source_lang, r.lang)].append(r)
-    for (src, dst), rs in sorted(by_pair.items()):
-        if len(rs) < 5:
+    for i, r in enumerate(records):
+        by_pair[(r.source_lang, r.lang)].append(i)
+    for (src, dst), idx in sorted(by_pair.items()):
+        if len(idx) < 5:
             continue
-        outputs = [r.output for r in rs]
-        hits = 0
-        for i, r in enumerate(rs):
-            sims = [float(model.similarity(r.input, o)) for o in outputs]
-            hits += max(range(len(sims)), key=sims.__getitem__) == i
-        print(f"  {src}->{dst}: {hits}/{len(rs)} top-1 (chance {1 / len(rs):.2f})")
+        nearest = cos[np.ix_(idx, idx)].argmax(axis=1)
+        hits = int((nearest == np.arange(len(idx))).sum())
+        print(f"  {src}->{dst}: {hits}/{len(idx)} top-1 (chance {1 / len(idx):.2f})")
 
 
-def csls_ranks(model, records, kinds) -> None:
-    """Where a translation's own output ranks among its language's outputs, hubness corrected (CSLS, k=5:
-    twice the cosine less each side's mean cosine to its 5 nearest), clean records against the plants."""
-    import numpy as np
-
+def csls_ranks(cos, records, kinds, set_of) -> None:
+    """Where a translation's own output ranks among its language's outputs in its own set, hubness corrected
+    (CSLS, k=5: twice the cosine less each side's mean cosine to its 5 nearest), clean records against the
+    plants."""
     clean, planted = [], []
-    for rs in records:
-        sources = model.embed([r.input for r in rs], norm=True)
-        outputs = model.embed([r.output for r in rs], norm=True)
-        cos = sources @ outputs.T
-        near_s = np.sort(cos, axis=1)[:, -5:].mean(1)
-        near_o = np.sort(cos, axis=0)[-5:, :].mean(0)
-        csls = 2 * cos - near_s[:, None] - near_o[None, :]
+    for name in dict.fromkeys(set_of):
+        idx = [i for i, s in enumerate(set_of) if s == name]
+        rs, block = [records[i] for i in idx], cos[np.ix_(idx, idx)]
+        near_s = np.sort(block, axis=1)[:, -5:].mean(1)
+        near_o = np.sort(block, axis=0)[-5:, :].mean(0)
+        csls = 2 * block - near_s[:, None] - near_o[None, :]
         for i, r in enumerate(rs):
             same = [j for j, o in enumerate(rs) if o.lang == r.lang and j != i]
             rank = sum(csls[i, j] > csls[i, i] for j in same) / max(1, len(same))
@@ -79,23 +75,25 @@ def main() -> None:
     ap.add_argument("sets", nargs="+")
     args = ap.parse_args()
     model = load_model()
-    pairs, per_set, all_kinds = [], [], {}
+    records, set_of, kinds = [], [], {}
     for name in args.sets:
-        records, kinds = read_set(name)
-        translations = [r for r in records if r.category == "translation" and r.input and r.source_lang]
-        pairs += [(r, kinds.get(r.id)) for r in translations]
-        per_set.append(translations)
-        all_kinds.update(kinds)
+        rows, planted_kinds = read_set(name)
+        translations = [r for r in rows if r.category == "translation" and r.input and r.source_lang]
+        records += translations
+        set_of += [name] * len(translations)
+        kinds.update(planted_kinds)
+    # Every text embedded once: row i of `cos` is record i's source against every record's output.
+    cos = model.embed([r.input for r in records], norm=True) @ model.embed([r.output for r in records], norm=True).T
     rng = random.Random(0)
-    own = [float(model.similarity(r.input, r.output)) for r, kind in pairs if kind is None]
-    other = [float(model.similarity(r.input, rng.choice(pairs)[0].output)) for r, _ in pairs]
-    planted = sorted(float(model.similarity(r.input, r.output)) for r, k in pairs if k == "misaligned_translation")
-    print(f"{len(pairs)} translation records in {', '.join(args.sets)}")
+    own = [cos[i, i] for i, r in enumerate(records) if r.id not in kinds]
+    other = [cos[i, rng.randrange(len(records))] for i in range(len(records))]
+    planted = sorted(cos[i, i] for i, r in enumerate(records) if kinds.get(r.id) == "misaligned_translation")
+    print(f"{len(records)} translation records in {', '.join(args.sets)}")
     print(f"  a clean translation against its own source:      {deciles(own)}")
     print(f"  a translation against another record's output:   {deciles(other)}")
     print(f"  the {len(planted)} planted misaligned translations: {', '.join(f'{s:.2f}' for s in planted)}")
-    retrieval(model, pairs)
-    csls_ranks(model, per_set, all_kinds)
+    retrieval(cos, records)
+    csls_ranks(cos, records, kinds, set_of)
     print("one question in two languages, and two questions in one:")
     for a, b in (("What is the capital of Australia?", "オーストラリアの首都はどこですか？"),
                  ("What is the capital of Australia?", "澳大利亚的首都是哪里？"),
